@@ -1,6 +1,6 @@
 """One node's configuration: a TOML file parsed once, at the edge, into a frozen object tree.
 
-Owns the file format of ``config/<city>.toml`` and the node-side error root. Invariants:
+Owns the file format of ``config/<city>.toml``. Invariants:
 
 * :func:`load_config` either returns a complete, cross-checked :class:`NodeConfig` or raises a
   :class:`ConfigError` naming the file, the key path (``limits.batch_size``) and what is expected.
@@ -44,6 +44,7 @@ from typing import ClassVar, Final
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from node.errors import NodeError
 from protocol.limits import DEFAULT_LIMITS, Limits
 
 CITY_PATTERN: Final = re.compile(r"^[a-z][a-z0-9-]{0,63}$")  # as protocol.keys.CityName
@@ -57,21 +58,6 @@ BATCH_FRAMING_ALLOWANCE: Final = 1024
 _DAY_S: Final = 24 * 3600
 _MAX_INT: Final = 2**63 - 1
 _HOST_LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
-
-
-class NodeError(Exception):
-    """Root of every error raised by ``node``: a stable code and a human sentence.
-
-    Attributes:
-        code: stable string that tools and tests match on.
-        message: a sentence without personal data or secrets.
-    """
-
-    code: ClassVar[str] = "node_error"
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
 
 
 class ConfigError(NodeError):

@@ -50,7 +50,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from nacl.pwhash import argon2id
 
-from node.config import NodeError
+from node.errors import NodeError
 from node.private_files import (
     TEMP_PREFIX,
     check_private,

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar, Final
 
-from node.config import NodeError
+from node.errors import NodeError
 
 TEMP_PREFIX: Final = ".tmp-"
 

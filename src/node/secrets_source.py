@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import ClassVar, Final
 
-from node.config import NodeError
+from node.errors import NodeError
 from node.private_files import InsecurePermissions, read_private
 
 SECRET_ENV: Final = "CITYNODE_SECRET"  # noqa: S105  (a variable name, not a secret)

@@ -1,8 +1,10 @@
-"""The agreement document: the cooperation's signed, versioned root of trust, and its rules.
+"""The agreement document: the cooperation's signed, versioned root of trust.
 
-Owns the agreement's wire format, the verification of its version chain, the rule checks the node
-applies to inquiries and referrals (members, units, period, target group, quota), and the draft an
-operator writes in TOML before the members' keys are filled in.
+Owns the agreement's wire format, its encoding and signing, and the verification of its version
+chain. The rule checks the node applies to inquiries and referrals are
+:mod:`protocol.agreement_rules`; the draft an operator writes in TOML before the members' keys are
+filled in is :mod:`protocol.agreement_draft`. The rules a draft shares with a document
+(:func:`check_period_and_members`, :func:`check_unit_ids`) are defined here, once.
 
 Invariants:
 
@@ -33,10 +35,9 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, Final
+from typing import Annotated, Final
 
 import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -49,35 +50,32 @@ from protocol.errors import (
     LocalProtocolError,
     RemoteProtocolError,
 )
+from protocol.fields import (
+    FIRST_DATE,
+    LAST_DATE,
+    CityName,
+    Digest,
+    Signature,
+    UnitName,
+    check_label,
+)
 from protocol.keys import (
     MAX_TLS_PINS,
-    Digest,
     KeyId,
     KeyKind,
     PublicKey,
-    Signature,
     TlsPin,
-    VerifiedKeyBundle,
+    identity_key_id,
     key_id,
-    public_bytes,
 )
 from protocol.limits import DEFAULT_LIMITS, Limits
-from protocol.messages import (
-    FIRST_DATE,
-    LAST_DATE,
-    MAX_QUOTA,
-    CityName,
-    QuotaCount,
-    ThreatLevel,
-    UnitName,
-)
+from protocol.messages import MAX_QUOTA, ThreatLevel
 from protocol.signing import Purpose, sign, verify
 
 MAX_MEMBERS: Final = 512
 MAX_UNITS: Final = 64
 MAX_SIGNATURES: Final = 2 * MAX_MEMBERS
 MAX_REVOKED_KEYS: Final = 1024
-NAME_PATTERN: Final = r"^[a-z][a-z0-9-]*$(?!\n)"  # of messages.CityName and UnitName (tested)
 ENDPOINT_PATTERN: Final = r"^https://[A-Za-z0-9.\-\[\]:]+(/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*)?$(?!\n)"
 
 DisplayName = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
@@ -90,41 +88,40 @@ EligibleLevels = Annotated[
     tuple[ThreatLevel, ...], msgspec.Meta(min_length=1, max_length=len(ThreatLevel))
 ]
 
-POLICE_ADVICE_WARNING: Final = (
-    "Polisens handbok för avhopparverksamhet avråder från omlokalisering till en annan kommun "
-    "när hotbilden inte är hög. The police handbook advises against relocation to another "
-    "municipality when the threat is not high: record the police's view in the case."
-)
-
-
-# Control characters, line breaks, lone surrogates and bidirectional overrides: a name that an
-# operator reads before signing must show what it holds.
-_NOT_IN_A_NAME: Final = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff\u2028-\u202e\u2066-\u2069]")
-
 
 def _invalid(message: str) -> LocalProtocolError:
     return LocalProtocolError(ErrorCode.AGREEMENT_INVALID, message)
-
-
-def _check_name(value: str, field: str) -> None:
-    if _NOT_IN_A_NAME.search(value) is not None or not value.strip():
-        raise LocalProtocolError(
-            ErrorCode.INVALID_FIELD, f"{field} is blank or holds a control character"
-        )
 
 
 def _unique(values: Sequence[object]) -> bool:
     return len(set(values)) == len(values)
 
 
-def _check_rules(
+def check_unit_ids(unit_ids: Sequence[str]) -> None:
+    """Check that a member's units do not repeat an id.
+
+    Raises:
+        LocalProtocolError: ``agreement_invalid``.
+    """
+    if not _unique(unit_ids):
+        raise _invalid("a member's units must not repeat an id")
+
+
+def check_period_and_members(
     valid_from: datetime.date,
     valid_until: datetime.date,
     cities: Sequence[str],
     threshold: int,
     eligible: Sequence[ThreatLevel],
 ) -> None:
-    """The rules a draft and a document share."""
+    """Check the rules across fields that a draft and a document share.
+
+    The period lies within the date range and does not end before it starts; no city is a member
+    twice; the threshold is a strict majority of the members; no threat level repeats.
+
+    Raises:
+        LocalProtocolError: ``agreement_invalid``.
+    """
     if not FIRST_DATE <= valid_from <= valid_until <= LAST_DATE:
         raise _invalid("valid_from must not be after valid_until, both within 2000-2100")
     if not _unique(cities):
@@ -150,7 +147,7 @@ class Unit(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields=T
     display_name: DisplayName
 
     def __post_init__(self) -> None:
-        _check_name(self.display_name, "unit display_name")
+        check_label(self.display_name, "unit display_name")
 
 
 class Member(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields=True):
@@ -174,9 +171,8 @@ class Member(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields
     tls_pins: Annotated[tuple[TlsPin, ...], msgspec.Meta(min_length=1, max_length=MAX_TLS_PINS)]
 
     def __post_init__(self) -> None:
-        _check_name(self.display_name, "member display_name")
-        if not _unique([unit.id for unit in self.units]):
-            raise _invalid("a member's units must not repeat an id")
+        check_label(self.display_name, "member display_name")
+        check_unit_ids([unit.id for unit in self.units])
         if not _unique(self.tls_pins):
             raise _invalid("a member's tls_pins must not repeat")
 
@@ -213,10 +209,10 @@ class AgreementDocument(msgspec.Struct, frozen=True, array_like=True, forbid_unk
     revoked_keys: Annotated[tuple[PublicKey, ...], msgspec.Meta(max_length=MAX_REVOKED_KEYS)]
 
     def __post_init__(self) -> None:
-        _check_name(self.title, "title")
+        check_label(self.title, "title")
         if (self.version == 1) != (self.previous_hash is None):
             raise _invalid("previous_hash must be nil exactly for version 1")
-        _check_rules(
+        check_period_and_members(
             self.valid_from,
             self.valid_until,
             [member.city for member in self.members],
@@ -306,7 +302,7 @@ def encode_document(document: AgreementDocument, limits: Limits = DEFAULT_LIMITS
 def sign_document(private_key: Ed25519PrivateKey, document_bytes: bytes) -> MemberSignature:
     """Sign a document's exact bytes (purpose ``agreement``) as a member."""
     return MemberSignature(
-        key_id(KeyKind.IDENTITY, public_bytes(private_key)),
+        identity_key_id(private_key),
         sign(private_key, Purpose.AGREEMENT, document_bytes),
     )
 
@@ -561,264 +557,3 @@ def verify_chain(
         last = index == len(versions) - 1
         current = _successor(current, data, today if last else None, limits)
     return current
-
-
-# --- Rules the node applies --------------------------------------------------------------------
-
-
-def _refuse(code: ErrorCode, message: str) -> LocalProtocolError:
-    return LocalProtocolError(code, message)
-
-
-def check_inquiry(
-    agreement: VerifiedAgreement,
-    *,
-    home_city: str,
-    from_unit: str,
-    receiving_city: str,
-    to_unit: str | None,
-    threat_level: ThreatLevel,
-    police_consulted_on: datetime.date | None,
-    consent: bool,
-    today: datetime.date,
-) -> None:
-    """Check that an inquiry is within the agreement; the receiving node applies it too.
-
-    Raises:
-        LocalProtocolError: ``outside_period`` (today outside the agreement's period),
-            ``not_a_member`` (a city), ``unknown_unit`` (a unit not of its city),
-            ``not_eligible`` (same city, threat level outside the target group, police not
-            consulted, consent not recorded), ``invalid_field`` (consultation date in the future).
-    """
-    document = agreement.document
-    if not document.valid_from <= today <= document.valid_until:
-        raise _refuse(ErrorCode.OUTSIDE_PERIOD, "today is outside the agreement's period")
-    home, receiving = agreement.member(home_city), agreement.member(receiving_city)
-    if home.city == receiving.city:
-        raise _refuse(ErrorCode.NOT_ELIGIBLE, "the receiving city must not be the home city")
-    if not home.has_unit(from_unit):
-        raise _refuse(ErrorCode.UNKNOWN_UNIT, "from_unit is not a unit of the home city")
-    if to_unit is not None and not receiving.has_unit(to_unit):
-        raise _refuse(ErrorCode.UNKNOWN_UNIT, "to_unit is not a unit of the receiving city")
-    if threat_level not in document.eligible_threat_levels:
-        raise _refuse(ErrorCode.NOT_ELIGIBLE, "threat_level is outside the target group")
-    if police_consulted_on is None:
-        raise _refuse(ErrorCode.NOT_ELIGIBLE, "the police consultation must be recorded")
-    if police_consulted_on > today:
-        raise _refuse(ErrorCode.INVALID_FIELD, "police_consulted_on lies in the future")
-    if not consent:
-        raise _refuse(ErrorCode.NOT_ELIGIBLE, "the person's consent must be recorded")
-
-
-def check_quota(
-    agreement: VerifiedAgreement, *, home_city: str, year: int, already_referred: int
-) -> QuotaCount:
-    """Count a new referral by ``home_city`` in calendar ``year`` against the quota.
-
-    Args:
-        agreement: the agreement in force.
-        home_city: the home city making the referral.
-        year: the calendar year of the referral.
-        already_referred: referrals the home city already made that year.
-
-    Returns:
-        ``messages.QuotaCount(year, already_referred + 1, quota)``, for the referral.
-
-    Raises:
-        LocalProtocolError: ``not_a_member``, ``outside_period`` (year outside the period),
-            ``invalid_field`` (negative count), ``quota_exceeded``.
-    """
-    agreement.member(home_city)
-    document = agreement.document
-    if not document.valid_from.year <= year <= document.valid_until.year:
-        raise _refuse(ErrorCode.OUTSIDE_PERIOD, "year is outside the agreement's period")
-    if already_referred < 0:
-        raise _refuse(ErrorCode.INVALID_FIELD, "already_referred must not be negative")
-    total = document.quota_per_home_city_per_year
-    if already_referred >= total:
-        raise _refuse(ErrorCode.QUOTA_EXCEEDED, "the home city's quota for the year is used")
-    return QuotaCount(year, already_referred + 1, total)
-
-
-def police_advice_warning(threat_level: ThreatLevel) -> str | None:
-    """Return the warning to show when the police handbook advises against this relocation.
-
-    The police handbook advises against moving someone to another municipality when the threat is
-    not high, while the agreement excludes high threat: every eligible case is against that
-    advice. The system shows it rather than hiding or refusing it.
-
-    Returns:
-        :data:`POLICE_ADVICE_WARNING` unless the threat level is high, else ``None``.
-    """
-    return None if threat_level is ThreatLevel.HIGH else POLICE_ADVICE_WARNING
-
-
-# --- The draft an operator writes --------------------------------------------------------------
-
-
-class UnitDraft(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """A unit as written in the TOML draft."""
-
-    id: UnitName
-    display_name: DisplayName
-
-    def __post_init__(self) -> None:
-        _check_name(self.display_name, "unit display_name")
-
-
-class MemberDraft(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """A member as written in the TOML draft: everything but its keys and pins."""
-
-    city: CityName
-    display_name: DisplayName
-    endpoint: Endpoint
-    units: Annotated[tuple[UnitDraft, ...], msgspec.Meta(min_length=1, max_length=MAX_UNITS)]
-
-    def __post_init__(self) -> None:
-        _check_name(self.display_name, "member display_name")
-        if not _unique([unit.id for unit in self.units]):
-            raise _invalid("a member's units must not repeat an id")
-
-
-class AgreementDraft(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """An agreement version as operators write it (``config/agreement.toml``), keys not yet in."""
-
-    version: Version
-    title: Title
-    valid_from: datetime.date
-    valid_until: datetime.date
-    quota_per_home_city_per_year: Quota
-    eligible_threat_levels: EligibleLevels
-    signing_threshold: Threshold
-    members: Annotated[tuple[MemberDraft, ...], msgspec.Meta(min_length=1, max_length=MAX_MEMBERS)]
-
-    def __post_init__(self) -> None:
-        _check_name(self.title, "title")
-        _check_rules(
-            self.valid_from,
-            self.valid_until,
-            [member.city for member in self.members],
-            self.signing_threshold,
-            self.eligible_threat_levels,
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class MemberKeys:
-    """A member's keys, taken from its verified key bundle (fingerprint checked by operators)."""
-
-    identity_key: bytes
-    tls_pins: tuple[bytes, ...]
-
-    @classmethod
-    def from_bundle(cls, bundle: VerifiedKeyBundle) -> MemberKeys:
-        """The identity key and TLS pins of a verified key bundle."""
-        return cls(bundle.identity_key, bundle.tls_pins)
-
-
-_PATH = re.compile(r" - at `\$\.?([^`]*)`$")
-_NAME_EXPECTED: Final = "expected a lowercase name matching [a-z][a-z0-9-]*"
-_ENDPOINT_EXPECTED: Final = "expected an https:// URL without query or fragment"
-
-
-def _explain(error: msgspec.ValidationError) -> str:
-    text = str(error)
-    match = _PATH.search(text)
-    where = match.group(1) if match and match.group(1) else "agreement draft"
-    detail = _PATH.sub("", text)
-    if detail.startswith("Invalid enum value"):
-        detail = "expected one of: " + ", ".join(level.value for level in ThreatLevel)
-    elif detail.startswith("Invalid RFC3339 encoded date"):
-        detail = "expected a date (YYYY-MM-DD)"
-    elif "matching regex" in detail:  # the draft's patterns: names, and the endpoint
-        detail = _ENDPOINT_EXPECTED if where.endswith("endpoint") else _NAME_EXPECTED
-    detail = detail.replace("Object missing required field", "missing required key")
-    detail = detail.replace("Object contains unknown field", "unknown key")
-    return f"{where}: {detail}"
-
-
-def draft_from_toml(table: Mapping[str, Any]) -> AgreementDraft:
-    """Read an agreement draft from parsed TOML (``tomllib.load``).
-
-    Args:
-        table: the parsed file; see ``config/agreement.toml`` for the layout.
-
-    Returns:
-        The typed draft.
-
-    Raises:
-        LocalProtocolError: ``invalid_field`` naming the key path and what is expected
-            (``members[0].units[1].id: expected a lowercase name ...``), or ``agreement_invalid``
-            for a rule across fields (repeated city, threshold not a majority, ...).
-    """
-    try:
-        return msgspec.convert(dict(table), AgreementDraft)
-    except msgspec.ValidationError as e:
-        raise LocalProtocolError(ErrorCode.INVALID_FIELD, _explain(e)) from e
-
-
-def _previous_hash(draft: AgreementDraft, previous: VerifiedAgreement | None) -> bytes | None:
-    if draft.version == 1:
-        if previous is not None:
-            raise _invalid("version 1 has no previous version")
-        return None
-    if previous is None or previous.version != draft.version - 1:
-        raise _invalid("the draft's version must follow the previous version given")
-    return previous.document_hash
-
-
-def complete_draft(
-    draft: AgreementDraft,
-    keys_by_city: Mapping[str, MemberKeys],
-    *,
-    previous: VerifiedAgreement | None = None,
-    revoked_keys: Sequence[bytes] = (),
-    limits: Limits = DEFAULT_LIMITS,
-) -> AgreementDocument:
-    """Fill the members' keys into a draft and return the document to sign.
-
-    Args:
-        draft: the draft.
-        keys_by_city: each member's keys, from its verified key bundle.
-        previous: the version this one follows (required for version > 1).
-        revoked_keys: identity keys to revoke now; the previous version's stay revoked.
-        limits: the limits.
-
-    Returns:
-        The document; encode it with :func:`encode_document`.
-
-    Raises:
-        LocalProtocolError: ``invalid_field`` (a member without keys, a key of the wrong
-            length), ``agreement_invalid`` (version and previous disagree, a broken rule).
-    """
-    members = []
-    for index, member in enumerate(draft.members):
-        keys = keys_by_city.get(member.city)
-        if keys is None:
-            raise LocalProtocolError(ErrorCode.INVALID_FIELD, f"members[{index}]: no keys given")
-        units = tuple(Unit(unit.id, unit.display_name) for unit in member.units)
-        members.append(
-            Member(
-                member.city,
-                member.display_name,
-                units,
-                member.endpoint,
-                keys.identity_key,
-                keys.tls_pins,
-            )
-        )
-    revoked = dict.fromkeys((*(previous.document.revoked_keys if previous else ()), *revoked_keys))
-    document = AgreementDocument(
-        version=draft.version,
-        previous_hash=_previous_hash(draft, previous),
-        title=draft.title,
-        valid_from=draft.valid_from,
-        valid_until=draft.valid_until,
-        members=tuple(members),
-        quota_per_home_city_per_year=draft.quota_per_home_city_per_year,
-        eligible_threat_levels=draft.eligible_threat_levels,
-        signing_threshold=draft.signing_threshold,
-        revoked_keys=tuple(revoked),
-    )
-    encode_document(document, limits)
-    return document

@@ -109,6 +109,52 @@ def decode(data: bytes, kind: type[T], *, max_bytes: int, what: str) -> T:
     return decoded
 
 
+def peek_tag(data: bytes | bytearray | memoryview, *, what: str) -> int:
+    """Read the tag of a tagged union from the start of its array, without parsing the rest.
+
+    Lets a decoder refuse an unknown type before decoding a large body as a union. Tags are small
+    (0-255): a wider or a negative integer is never a tag.
+
+    Args:
+        data: the exact bytes received.
+        what: a short name of the object for error messages ("message").
+
+    Returns:
+        The tag, the first element of the array.
+
+    Raises:
+        DecodeError: empty, truncated, not an array, no first element, or a first element that is
+            not an integer (``bad_type``) or too wide to be a tag (``unknown_message_type``).
+    """
+    view = memoryview(data)
+    if len(view) == 0:
+        raise DecodeError(ErrorCode.MALFORMED, f"{what} is empty")
+    head = view[0]
+    if 0x90 <= head <= 0x9F:
+        length, offset = head & 0x0F, 1
+    elif head in (0xDC, 0xDD):
+        offset = 3 if head == 0xDC else 5
+        if len(view) < offset:
+            raise DecodeError(ErrorCode.MALFORMED, f"{what} is truncated")
+        length = int.from_bytes(view[1:offset], "big")
+    else:
+        raise DecodeError(ErrorCode.BAD_TYPE, f"{what} must be a MessagePack array")
+    if length == 0:
+        raise DecodeError(ErrorCode.MALFORMED, f"{what} has no type tag")
+    if len(view) <= offset:
+        raise DecodeError(ErrorCode.MALFORMED, f"{what} is truncated")
+    first = view[offset]
+    if first <= 0x7F:
+        return first
+    if first == 0xCC:
+        if len(view) <= offset + 1:
+            raise DecodeError(ErrorCode.MALFORMED, f"{what} is truncated")
+        return view[offset + 1]
+    if 0xCD <= first <= 0xD3 or first >= 0xE0:
+        raise DecodeError(ErrorCode.UNKNOWN_MESSAGE_TYPE, f"{what} type tag is not known")
+    raise DecodeError(ErrorCode.BAD_TYPE, f"{what} type tag must be an integer")
+
+
 def check(obj: T, *, what: str) -> T:
     """Check every constraint of an object built locally, as decoding would check it for a peer.
 

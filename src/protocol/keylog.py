@@ -1,7 +1,9 @@
-"""The key-history log: hash-chained key changes, signed checkpoints, countersignatures, and the
-proof that catches a node showing different logs to different peers (equivocation).
+"""The key-history log: hash-chained key changes, signed checkpoints and countersignatures.
 
-Rules of this module:
+Owns a node's log of key changes, its head, the checkpoints a city signs of it, the
+countersignatures other nodes make of those checkpoints, and the check that a later log extends an
+earlier checkpoint. Catching a city that shows different logs to different peers, and the proof of
+it, is :mod:`protocol.equivocation`. Rules of this module:
 
 * Every key change of a node (identity key, encryption key, TLS pin, succession, revocation,
   adopted agreement) is one :class:`KeyLogEntry`, appended to the node's log. Entry ``i`` carries
@@ -9,7 +11,8 @@ Rules of this module:
   removing, inserting or reordering any entry changes every hash after it.
 * The **head** of a log of ``n`` entries is the hash of entry ``n - 1``; the head of the empty log
   is 32 zero bytes. Entry hashes are SHA-256 over a fixed binary layout (:func:`entry_hash_input`),
-  not over MessagePack, so they do not depend on how an encoder chose to encode an integer.
+  not over MessagePack, so they do not depend on how an encoder chose to encode an integer. A key
+  bundle carries ``(size, head)`` as a :class:`KeyLogHead`, made by :meth:`KeyLog.head_record`.
 * A :class:`KeyLog` value always holds a valid chain: it is checked when built, and
   :meth:`KeyLog.append` only extends it.
 * A **checkpoint** ``(city, size, head, timestamp)`` is signed by the city's identity key; other
@@ -17,14 +20,8 @@ Rules of this module:
   time T") and relay it. Peers receive the whole log, so proving that a later log extends a
   checkpoint is a re-hash of its first ``size`` entries: no Merkle tree is needed for logs of a few
   thousand entries (see docs/spec/70-keylog.md).
-* Two validly signed checkpoints of one city **conflict** when they have the same size and
-  different heads, or when the larger one's log does not pass through the smaller one's head. An
-  :class:`EquivocationProof` carries both checkpoints (and, for different sizes, the entries that
-  link the larger head back to the smaller size) so that anyone holding the city's identity keys
-  can check it offline.
 * Unverified wire objects (:class:`SignedCheckpoint`, :class:`Countersignature`) and verified ones
-  (:class:`VerifiedCheckpoint`, :class:`VerifiedCountersignature`) are different types; the
-  :class:`CheckpointBook` only takes verified ones.
+  (:class:`VerifiedCheckpoint`, :class:`VerifiedCountersignature`) are different types.
 * Pure: times and keys are arguments. Nothing here reads a clock or a disk.
 """
 
@@ -35,37 +32,19 @@ import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
-from types import MappingProxyType
 from typing import Annotated, Final
 
 import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from protocol import codec
-from protocol.errors import (
-    EquivocationDetected,
-    ErrorCode,
-    KeyLogBroken,
-    LocalProtocolError,
-    ProtocolError,
-    RemoteProtocolError,
-)
-from protocol.keys import (
-    CityName,
-    KeyId,
-    KeyKind,
-    Signature,
-    Timestamp,
-    VerifyKey,
-    key_at,
-    key_id,
-    public_bytes,
-)
+from protocol.errors import ErrorCode, KeyLogBroken, LocalProtocolError, RemoteProtocolError
+from protocol.fields import DIGEST_BYTES, MAX_I64, CityName, Digest, Signature, Timestamp
+from protocol.keys import KeyId, VerifyKey, identity_key_id, key_at
 from protocol.limits import DEFAULT_LIMITS, Limits
-from protocol.signing import Purpose, sign, verify
+from protocol.signing import Purpose, check_signature, sign
 
-HASH_BYTES: Final = 32
-ZERO_HASH: Final = bytes(HASH_BYTES)
+ZERO_HASH: Final = bytes(DIGEST_BYTES)
 MAX_PAYLOAD_BYTES: Final = 256 * 1024
 """Wire ceiling of an entry's payload: the largest signed statement (an agreement document)."""
 MAX_CHECKPOINT_BYTES: Final = 256
@@ -75,7 +54,6 @@ MAX_WIRE_ENTRIES: Final = 2**20
 MAX_WIRE_BYTES: Final = 2 * MAX_PAYLOAD_BYTES
 ENTRY_DOMAIN: Final = b"citynode/v1 keylog-entry\x00"
 
-Hash = Annotated[bytes, msgspec.Meta(min_length=HASH_BYTES, max_length=HASH_BYTES)]
 EntryIndex = Annotated[int, msgspec.Meta(ge=0, le=2**32 - 1)]
 LogSize = Annotated[int, msgspec.Meta(ge=1, le=2**32)]
 Keyring = Mapping[str, Sequence[VerifyKey]]
@@ -105,7 +83,7 @@ class KeyLogEntry(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_f
     """
 
     index: EntryIndex
-    previous_hash: Hash
+    previous_hash: Digest
     timestamp: Timestamp
     kind: EntryKind
     payload: Annotated[bytes, msgspec.Meta(min_length=1, max_length=MAX_PAYLOAD_BYTES)]
@@ -185,6 +163,18 @@ def verify_entries(entries: Sequence[KeyLogEntry], *, limits: Limits = DEFAULT_L
     return hashes[-1] if hashes else ZERO_HASH
 
 
+class KeyLogHead(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields=True):
+    """A log's size and head as another record carries them (a key bundle): ``[size, root]``.
+
+    Attributes:
+        size: the number of entries in the log.
+        root: the log's head at that size (:attr:`KeyLog.head`).
+    """
+
+    size: Annotated[int, msgspec.Meta(ge=0, le=MAX_I64)]
+    root: Digest
+
+
 @dataclass(frozen=True, slots=True)
 class KeyLog:
     """A verified key-history log (an immutable value).
@@ -221,6 +211,10 @@ class KeyLog:
     def head(self) -> bytes:
         """The hash of the last entry, or 32 zero bytes for the empty log."""
         return self.head_at(self.size)
+
+    def head_record(self) -> KeyLogHead:
+        """The log's size and head, as a key bundle carries them."""
+        return KeyLogHead(self.size, self.head)
 
     def head_at(self, size: int) -> bytes:
         """Return the head the log had when it held ``size`` entries.
@@ -276,7 +270,7 @@ class Checkpoint(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fi
 
     city: CityName
     size: LogSize
-    head: Hash
+    head: Digest
     timestamp: Timestamp
 
 
@@ -397,7 +391,7 @@ def sign_checkpoint(
     data = codec.encode(checkpoint)
     return SignedCheckpoint(
         checkpoint_bytes=data,
-        signer_key_id=key_id(KeyKind.IDENTITY, public_bytes(private_key)),
+        signer_key_id=identity_key_id(private_key),
         signature=sign(private_key, Purpose.KEYLOG_CHECKPOINT, data),
     )
 
@@ -429,10 +423,13 @@ def verify_checkpoint(
     )
     keys = _city_keys(keyring, checkpoint.city, "checkpoint")
     key = key_at(keys, signed.signer_key_id, checkpoint.timestamp)
-    if not verify(
-        key.public_key, Purpose.KEYLOG_CHECKPOINT, signed.checkpoint_bytes, signed.signature
-    ):
-        raise RemoteProtocolError(ErrorCode.BAD_SIGNATURE, "checkpoint signature does not verify")
+    check_signature(
+        key.public_key,
+        Purpose.KEYLOG_CHECKPOINT,
+        signed.checkpoint_bytes,
+        signed.signature,
+        what="checkpoint",
+    )
     if checkpoint.size > limits.max_keylog_entries:
         raise RemoteProtocolError(ErrorCode.OVERSIZED, "checkpoint names a log that is too long")
     return VerifiedCheckpoint(checkpoint=checkpoint, signed=signed)
@@ -466,7 +463,7 @@ def countersign(
     data = codec.encode(statement)
     return Countersignature(
         statement_bytes=data,
-        witness_key_id=key_id(KeyKind.IDENTITY, public_bytes(private_key)),
+        witness_key_id=identity_key_id(private_key),
         signature=sign(private_key, Purpose.KEYLOG_COUNTERSIGN, data),
     )
 
@@ -501,13 +498,13 @@ def verify_countersignature(
     )
     keys = _city_keys(keyring, statement.witness, "countersignature")
     key = key_at(keys, countersignature.witness_key_id, statement.seen_at)
-    if not verify(
+    check_signature(
         key.public_key,
         Purpose.KEYLOG_COUNTERSIGN,
         countersignature.statement_bytes,
         countersignature.signature,
-    ):
-        raise RemoteProtocolError(ErrorCode.BAD_SIGNATURE, "countersignature does not verify")
+        what="witness",
+    )
     checkpoint = verify_checkpoint(statement.checkpoint, keyring, limits=limits)
     if statement.witness == checkpoint.city:
         raise RemoteProtocolError(ErrorCode.INVALID_FIELD, "a city countersigned itself")
@@ -538,187 +535,6 @@ def verify_consistency(checkpoint: Checkpoint | VerifiedCheckpoint, log: KeyLog)
         raise KeyLogBroken(log.size, "key log is shorter than the checkpoint")
     if log.head_at(checkpoint.size) != checkpoint.head:
         raise KeyLogBroken(checkpoint.size - 1, "key log does not extend the checkpoint")
-
-
-# --- Equivocation ----------------------------------------------------------------------------
-
-
-class EquivocationProof(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields=True):
-    """Two checkpoints of one city that cannot both be true, checkable offline.
-
-    Attributes:
-        first: the checkpoint with the smaller (or equal) size.
-        second: the other checkpoint.
-        extension: empty when the sizes are equal; otherwise the entries ``first.size - 1`` to
-            ``second.size - 1`` of the log ``second`` vouches for, which link its head back to
-            ``first``'s size and show a different head there.
-    """
-
-    first: SignedCheckpoint
-    second: SignedCheckpoint
-    extension: Annotated[tuple[KeyLogEntry, ...], msgspec.Meta(max_length=MAX_WIRE_ENTRIES)]
-
-
-def _shows_conflict(small: Checkpoint, large: Checkpoint, extension: Sequence[KeyLogEntry]) -> bool:
-    if small.city != large.city or small.size > large.size:
-        return False
-    if small.size == large.size:
-        return not extension and small.head != large.head
-    if len(extension) != large.size - small.size + 1:
-        return False
-    for offset, entry in enumerate(extension):
-        if entry.index != small.size - 1 + offset:
-            return False
-        if offset and entry.previous_hash != entry_hash(extension[offset - 1]):
-            return False
-    return entry_hash(extension[-1]) == large.head and entry_hash(extension[0]) != small.head
-
-
-def detect_equivocation(
-    a: VerifiedCheckpoint, b: VerifiedCheckpoint, larger_log: KeyLog | None = None
-) -> EquivocationProof | None:
-    """Return a proof if two verified checkpoints of one city conflict.
-
-    Args:
-        a: a verified checkpoint.
-        b: another verified checkpoint of the same city.
-        larger_log: the log the larger checkpoint vouches for; needed to judge checkpoints of
-            different sizes (without it they are taken as consistent).
-
-    Returns:
-        The proof, or ``None`` when nothing shows a conflict.
-
-    Raises:
-        LocalProtocolError: the checkpoints are of different cities.
-        KeyLogBroken: ``larger_log`` is not the log the larger checkpoint names.
-    """
-    if a.city != b.city:
-        raise LocalProtocolError(ErrorCode.INVALID_FIELD, "checkpoints are of different cities")
-    small, large = (a, b) if a.size <= b.size else (b, a)
-    if small.size == large.size:
-        if small.head == large.head:
-            return None
-        return EquivocationProof(first=small.signed, second=large.signed, extension=())
-    if larger_log is None:
-        return None
-    if larger_log.size != large.size or larger_log.head != large.head:
-        raise KeyLogBroken(min(larger_log.size, large.size), "key log is not the checkpoint's")
-    if larger_log.head_at(small.size) == small.head:
-        return None
-    extension = larger_log.entries[small.size - 1 : large.size]
-    return EquivocationProof(first=small.signed, second=large.signed, extension=extension)
-
-
-def verify_equivocation_proof(
-    proof: EquivocationProof, keyring: Keyring, *, limits: Limits = DEFAULT_LIMITS
-) -> bool:
-    """Check an equivocation proof offline.
-
-    Args:
-        proof: the proof, decoded.
-        keyring: city → trusted identity keys.
-        limits: the bounds applied to the checkpoints.
-
-    Returns:
-        True only if both checkpoints verify under keys of one city and the proof shows that they
-        conflict (see docs/spec/70-keylog.md for the rule). Never raises for a bad proof.
-    """
-    try:
-        first = verify_checkpoint(proof.first, keyring, limits=limits)
-        second = verify_checkpoint(proof.second, keyring, limits=limits)
-    except ProtocolError:
-        return False
-    return _shows_conflict(first.checkpoint, second.checkpoint, proof.extension)
-
-
-# --- The book of checkpoints seen ------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class CityCheckpoints:
-    """What the book holds for one city.
-
-    Attributes:
-        log: the longest log of the city that a verified checkpoint vouched for (may be empty).
-        log_checkpoint: that checkpoint, or ``None`` while ``log`` is empty.
-        pending: checkpoints larger than ``log``, one per size, smallest first. Checkpoints not
-            larger than ``log`` are dropped once found consistent with it: ``log`` stands for them.
-    """
-
-    log: KeyLog = KeyLog()
-    log_checkpoint: VerifiedCheckpoint | None = None
-    pending: tuple[VerifiedCheckpoint, ...] = ()
-
-
-def _check_against(known: CityCheckpoints, new: VerifiedCheckpoint, log: KeyLog | None) -> None:
-    seen: list[tuple[VerifiedCheckpoint, KeyLog | None]] = [(p, None) for p in known.pending]
-    if known.log_checkpoint is not None:
-        seen.append((known.log_checkpoint, known.log))
-    for old, old_log in seen:
-        larger_log = old_log if old.size > new.size else log
-        proof = detect_equivocation(old, new, larger_log)
-        if proof is not None:
-            raise EquivocationDetected(
-                f"{new.city} signed two key-log checkpoints that conflict", proof
-            )
-
-
-def _merge(known: CityCheckpoints, new: VerifiedCheckpoint, log: KeyLog | None) -> CityCheckpoints:
-    if log is not None and log.size > known.log.size:
-        pending = tuple(p for p in known.pending if p.size > log.size)
-        return CityCheckpoints(log=log, log_checkpoint=new, pending=pending)
-    if new.size <= known.log.size or any(p.size == new.size for p in known.pending):
-        return known
-    pending = tuple(sorted((*known.pending, new), key=lambda p: p.size))
-    return CityCheckpoints(log=known.log, log_checkpoint=known.log_checkpoint, pending=pending)
-
-
-@dataclass(frozen=True, slots=True)
-class CheckpointBook:
-    """Every city's checkpoints we have seen, directly or relayed in countersignatures.
-
-    An immutable value: :meth:`record` returns a new book. Each new checkpoint is compared with
-    every one kept for its city, and with the longest log we hold for the city, so a city that
-    shows two peers two different logs is caught as soon as one checkpoint of each reaches us.
-
-    Attributes:
-        cities: city → :class:`CityCheckpoints`.
-    """
-
-    cities: Mapping[str, CityCheckpoints] = field(default_factory=lambda: MappingProxyType({}))
-
-    def record(self, checkpoint: VerifiedCheckpoint, log: KeyLog | None = None) -> CheckpointBook:
-        """Record a verified checkpoint, and the log it vouches for when we have it.
-
-        Args:
-            checkpoint: a verified checkpoint (from its city, or from a verified countersignature).
-            log: the city's verified log at exactly ``checkpoint.size`` entries, if fetched.
-
-        Returns:
-            The new book (``self`` if nothing new was learnt).
-
-        Raises:
-            KeyLogBroken: ``log`` does not produce the checkpoint's head at its size.
-            EquivocationDetected: the checkpoint conflicts with one already recorded; the error's
-                ``proof`` is the :class:`EquivocationProof` to show the other cities.
-        """
-        if log is not None and (log.size != checkpoint.size or log.head != checkpoint.head):
-            raise KeyLogBroken(min(log.size, checkpoint.size), "key log is not the checkpoint's")
-        known = self.cities.get(checkpoint.city, CityCheckpoints())
-        _check_against(known, checkpoint, log)
-        merged = _merge(known, checkpoint, log)
-        if merged is known:
-            return self
-        return CheckpointBook(MappingProxyType({**self.cities, checkpoint.city: merged}))
-
-    def latest(self, city: str) -> VerifiedCheckpoint | None:
-        """Return the largest checkpoint recorded for ``city``, or ``None``."""
-        known = self.cities.get(city)
-        if known is None:
-            return None
-        if known.pending:
-            return known.pending[-1]
-        return known.log_checkpoint
 
 
 # --- Decoding peer input ---------------------------------------------------------------------
@@ -757,14 +573,3 @@ def decode_log(data: bytes, *, limits: Limits = DEFAULT_LIMITS) -> KeyLog:
         data, tuple[KeyLogEntry, ...], max_bytes=limits.max_keylog_bytes, what="key log"
     )
     return KeyLog.from_entries(entries, limits=limits)
-
-
-def decode_equivocation_proof(data: bytes, *, limits: Limits = DEFAULT_LIMITS) -> EquivocationProof:
-    """Decode an equivocation proof (then check it with :func:`verify_equivocation_proof`).
-
-    Raises:
-        DecodeError: malformed, oversized or wrongly typed.
-    """
-    return codec.decode(
-        data, EquivocationProof, max_bytes=limits.max_keylog_bytes, what="equivocation proof"
-    )

@@ -11,8 +11,8 @@ Invariants:
   is its type tag, then its fields in declared order. Tags 1-15 are the case flow, 16-31 control
   messages; a tag is never reused once published.
 * Every str, bytes and array field has a maximum length; enums are closed; dates are ISO
-  ``YYYY-MM-DD`` strings on the wire, between 2000-01-01 and 2100-12-31. Text holds no control
-  character other than newline and tab (single-line fields: none at all), and no lone surrogate.
+  ``YYYY-MM-DD`` strings on the wire. The field types shared with other modules (names, case ids,
+  digests, signatures) and the date and text rules are those of :mod:`protocol.fields`.
 * The :class:`Inquiry` has no field that can carry an identity: no name, no personnummer, no free
   text longer than a short needs summary, and that summary may not hold a personnummer-shaped
   number. Identity travels only in a :class:`Referral`'s :class:`Person`, whose personnummer is
@@ -35,13 +35,22 @@ import msgspec
 from protocol import codec
 from protocol.attachments import ATTACHMENT_ID_BYTES, ATTACHMENT_KEY_BYTES
 from protocol.errors import DecodeError, ErrorCode, LocalProtocolError
+from protocol.fields import (
+    FIRST_DATE,
+    LAST_DATE,
+    CaseId,
+    Digest,
+    Signature,
+    UnitName,
+    check_date,
+    check_label,
+    check_text,
+    require,
+)
 from protocol.keys import KeyId
 from protocol.limits import DEFAULT_LIMITS, Limits
 from protocol.personnummer import PersonalIdentityNumber, validate_canonical
 
-CASE_ID_BYTES: Final = 16
-SHA256_BYTES: Final = 32
-SIGNATURE_BYTES: Final = 64
 SHORT_TEXT_CHARS: Final = 2000
 REPORT_TEXT_CHARS: Final = 20_000
 CONTACT_CHARS: Final = 1000
@@ -57,27 +66,13 @@ MAX_ATTACHMENT_CHUNKS: Final = 2**32 - 1
 MAX_QUOTA: Final = 100
 MAX_CONTROL_PAYLOAD_BYTES: Final = 192 * 1024
 MAX_VERSION: Final = 2**32 - 1
-FIRST_DATE: Final = datetime.date(2000, 1, 1)
-LAST_DATE: Final = datetime.date(2100, 12, 31)
 
-# Python's `$` also matches before a final newline; `$(?!\n)` is an exact end in Python and in
-# ECMAScript (JSON Schema) alike.
-_NAME_PATTERN: Final = r"^[a-z][a-z0-9-]*$(?!\n)"
-
-CaseId = Annotated[bytes, msgspec.Meta(min_length=CASE_ID_BYTES, max_length=CASE_ID_BYTES)]
-CityName = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=_NAME_PATTERN)]
-UnitName = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=_NAME_PATTERN)]
 ShortText = Annotated[str, msgspec.Meta(max_length=SHORT_TEXT_CHARS)]
 ReportText = Annotated[str, msgspec.Meta(max_length=REPORT_TEXT_CHARS)]
 ContactText = Annotated[str, msgspec.Meta(max_length=CONTACT_CHARS)]
-Sha256 = Annotated[bytes, msgspec.Meta(min_length=SHA256_BYTES, max_length=SHA256_BYTES)]
 ControlPayload = Annotated[bytes, msgspec.Meta(min_length=1, max_length=MAX_CONTROL_PAYLOAD_BYTES)]
 Version = Annotated[int, msgspec.Meta(ge=1, le=MAX_VERSION)]
 
-_CONTROL_CHARS: Final = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
-_LINE_BREAKING: Final = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff\u2028\u2029]")
-# Bidirectional embeddings, overrides and isolates can disguise a filename ("Trojan Source").
-_BIDI_CONTROLS: Final = re.compile(r"[\u202a-\u202e\u2066-\u2069]")
 _PERSONNUMMER_SHAPED: Final = re.compile(r"(?<![0-9])(?:[0-9]{2})?[0-9]{6}[-+ ]?[0-9]{4}(?![0-9])")
 _PHONE: Final = re.compile(r"\+?[0-9][0-9 -]{2,30}")
 _MEDIA_TYPE: Final = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,62}/[a-z0-9][a-z0-9!#$&^_.+-]{0,62}")
@@ -124,27 +119,6 @@ class ClosureReason(StrEnum):
     RETURNED = "returned"
 
 
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise LocalProtocolError(ErrorCode.INVALID_FIELD, message)
-
-
-def _check_text(value: str, field: str, *, required: bool = False, line: bool = False) -> None:
-    """Refuse control characters (all of them in a single-line field) and, if required, blanks."""
-    pattern = _LINE_BREAKING if line else _CONTROL_CHARS
-    _require(pattern.search(value) is None, f"{field} holds a control character")
-    if required:
-        _require(bool(value.strip()), f"{field} must not be blank")
-
-
-def _check_date(value: datetime.date | None, field: str) -> None:
-    if value is not None:
-        _require(
-            FIRST_DATE <= value <= LAST_DATE,
-            f"{field} must lie between {FIRST_DATE} and {LAST_DATE}",
-        )
-
-
 class Message(
     msgspec.Struct,
     frozen=True,
@@ -189,14 +163,14 @@ class Inquiry(Message, tag=1, frozen=True):
     wished_start: datetime.date | None
 
     def __post_init__(self) -> None:
-        _require(len(set(self.needs)) == len(self.needs), "inquiry needs must not repeat")
-        _check_text(self.summary, "inquiry summary")
-        _require(
+        require(len(set(self.needs)) == len(self.needs), "inquiry needs must not repeat")
+        check_text(self.summary, "inquiry summary")
+        require(
             _PERSONNUMMER_SHAPED.search(self.summary) is None,
             "inquiry summary must not hold a personnummer-shaped number",
         )
-        _check_date(self.police_consulted_on, "inquiry police_consulted_on")
-        _check_date(self.wished_start, "inquiry wished_start")
+        check_date(self.police_consulted_on, "inquiry police_consulted_on")
+        check_date(self.wished_start, "inquiry wished_start")
 
 
 class Reply(Message, tag=2, frozen=True):
@@ -216,7 +190,7 @@ class Reply(Message, tag=2, frozen=True):
     reason: ShortText
 
     def __post_init__(self) -> None:
-        _check_text(self.reason, "reply reason", required=self.decision != Decision.ACCEPT)
+        check_text(self.reason, "reply reason", required=self.decision != Decision.ACCEPT)
 
 
 class QuotaCount(_Record, frozen=True):
@@ -233,8 +207,8 @@ class QuotaCount(_Record, frozen=True):
     total: Annotated[int, msgspec.Meta(ge=1, le=MAX_QUOTA)]
 
     def __post_init__(self) -> None:
-        _require(FIRST_DATE.year <= self.year <= LAST_DATE.year, "quota year is out of range")
-        _require(
+        require(FIRST_DATE.year <= self.year <= LAST_DATE.year, "quota year is out of range")
+        require(
             1 <= self.index <= self.total <= MAX_QUOTA,
             "quota index must lie between 1 and the quota total",
         )
@@ -259,16 +233,16 @@ class Person(_Record, frozen=True):
     address: Annotated[str, msgspec.Meta(max_length=ADDRESS_CHARS)] | None
 
     def __post_init__(self) -> None:
-        _check_text(self.name, "person name", required=True, line=True)
+        check_text(self.name, "person name", required=True, line=True)
         validate_canonical(self.personnummer)
         if self.phone is not None:
-            _require(
+            require(
                 _PHONE.fullmatch(self.phone) is not None,
                 "person phone must be digits, spaces and hyphens",
             )
         if self.address is not None:
-            _check_text(self.address, "person address", required=True)
-            _require(
+            check_text(self.address, "person address", required=True)
+            require(
                 not self.protected_identity,
                 "person address must be absent when the identity is protected",
             )
@@ -310,26 +284,25 @@ class AttachmentRef(_Record, frozen=True):
     filename: Annotated[str, msgspec.Meta(min_length=1, max_length=FILENAME_CHARS)]
     media_type: Annotated[str, msgspec.Meta(min_length=3, max_length=MEDIA_TYPE_CHARS)]
     size: Annotated[int, msgspec.Meta(ge=0, le=MAX_ATTACHMENT_BYTES)]
-    sha256: Sha256
+    sha256: Digest
     key: Annotated[
         bytes, msgspec.Meta(min_length=ATTACHMENT_KEY_BYTES, max_length=ATTACHMENT_KEY_BYTES)
     ]
     chunk_count: Annotated[int, msgspec.Meta(ge=1, le=MAX_ATTACHMENT_CHUNKS)]
 
     def __post_init__(self) -> None:
-        _check_text(self.filename, "attachment filename", required=True, line=True)
-        _require(
-            _BIDI_CONTROLS.search(self.filename) is None
-            and "/" not in self.filename
+        check_label(self.filename, "attachment filename")
+        require(
+            "/" not in self.filename
             and "\\" not in self.filename
             and self.filename not in {".", ".."},
             "attachment filename must be a bare file name",
         )
-        _require(
+        require(
             _MEDIA_TYPE.fullmatch(self.media_type) is not None,
             "attachment media_type must be a lower-case type/subtype",
         )
-        _require(
+        require(
             1 <= self.chunk_count <= max(1, self.size),
             "attachment chunk_count does not fit its size",
         )
@@ -368,15 +341,15 @@ class Referral(Message, tag=3, frozen=True):
 
     def __post_init__(self) -> None:
         ids = {document.attachment_id for document in self.documents}
-        _require(
+        require(
             len(ids) == len(self.documents), "referral documents must not repeat an attachment id"
         )
-        _require(
+        require(
             len(self.interventions) >= 1,
             "referral interventions must hold at least one intervention",
         )
         for intervention in self.interventions:
-            _check_text(intervention, "referral intervention", required=True, line=True)
+            check_text(intervention, "referral intervention", required=True, line=True)
 
 
 class Intake(Message, tag=4, frozen=True):
@@ -395,8 +368,8 @@ class Intake(Message, tag=4, frozen=True):
     contact: ContactText
 
     def __post_init__(self) -> None:
-        _check_date(self.arrived_on, "intake arrived_on")
-        _check_text(self.contact, "intake contact", required=True)
+        check_date(self.arrived_on, "intake arrived_on")
+        check_text(self.contact, "intake contact", required=True)
 
 
 class ProgressReport(Message, tag=5, frozen=True):
@@ -417,13 +390,13 @@ class ProgressReport(Message, tag=5, frozen=True):
     text: ReportText
 
     def __post_init__(self) -> None:
-        _check_date(self.period_start, "progress_report period_start")
-        _check_date(self.period_end, "progress_report period_end")
-        _require(
+        check_date(self.period_start, "progress_report period_start")
+        check_date(self.period_end, "progress_report period_end")
+        require(
             self.period_start <= self.period_end,
             "progress_report period_end must not precede period_start",
         )
-        _check_text(self.text, "progress_report text", required=True)
+        check_text(self.text, "progress_report text", required=True)
 
 
 class Closure(Message, tag=6, frozen=True):
@@ -444,8 +417,8 @@ class Closure(Message, tag=6, frozen=True):
     note: ShortText
 
     def __post_init__(self) -> None:
-        _check_date(self.closed_on, "closure closed_on")
-        _check_text(self.note, "closure note")
+        check_date(self.closed_on, "closure closed_on")
+        check_text(self.note, "closure note")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -486,11 +459,9 @@ class AgreementSignature(Message, tag=18, frozen=True):
     """
 
     version: Version
-    document_hash: Sha256
+    document_hash: Digest
     signer_key_id: KeyId
-    signature: Annotated[
-        bytes, msgspec.Meta(min_length=SIGNATURE_BYTES, max_length=SIGNATURE_BYTES)
-    ]
+    signature: Signature
 
 
 class KeylogCheckpoint(Message, tag=19, frozen=True):
@@ -592,38 +563,6 @@ def message_type_name(message: Message | type[Message]) -> str:
 _TAGS: Final[frozenset[int]] = frozenset(message_tag(kind) for kind in MESSAGE_TYPES)
 
 
-def _peek_tag(data: bytes | bytearray | memoryview) -> int:
-    """Read the type tag from the start of a body without parsing the rest."""
-    view = memoryview(data)
-    if len(view) == 0:
-        raise DecodeError(ErrorCode.MALFORMED, "message is empty")
-    head = view[0]
-    if 0x90 <= head <= 0x9F:
-        length, offset = head & 0x0F, 1
-    elif head in (0xDC, 0xDD):
-        offset = 3 if head == 0xDC else 5
-        if len(view) < offset:
-            raise DecodeError(ErrorCode.MALFORMED, "message is truncated")
-        length = int.from_bytes(view[1:offset], "big")
-    else:
-        raise DecodeError(ErrorCode.BAD_TYPE, "message must be a MessagePack array")
-    if length == 0:
-        raise DecodeError(ErrorCode.MALFORMED, "message has no type tag")
-    if len(view) <= offset:
-        raise DecodeError(ErrorCode.MALFORMED, "message is truncated")
-    first = view[offset]
-    if first <= 0x7F:
-        return first
-    if first == 0xCC:
-        if len(view) <= offset + 1:
-            raise DecodeError(ErrorCode.MALFORMED, "message is truncated")
-        return view[offset + 1]
-    if 0xCD <= first <= 0xD3 or first >= 0xE0:
-        # A wider or negative integer is never a tag of this catalogue.
-        raise DecodeError(ErrorCode.UNKNOWN_MESSAGE_TYPE, "message type tag is not known")
-    raise DecodeError(ErrorCode.BAD_TYPE, "message type tag must be an integer")
-
-
 def decode_message(data: bytes, limits: Limits = DEFAULT_LIMITS) -> AnyMessage:
     """Decode a message body received from a peer.
 
@@ -642,7 +581,7 @@ def decode_message(data: bytes, limits: Limits = DEFAULT_LIMITS) -> AnyMessage:
         RemoteProtocolError: a field failed its validation (code kept).
     """
     small = isinstance(data, bytes | bytearray | memoryview) and len(data) <= limits.max_body_bytes
-    if small and _peek_tag(data) not in _TAGS:
+    if small and codec.peek_tag(data, what="message") not in _TAGS:
         raise DecodeError(ErrorCode.UNKNOWN_MESSAGE_TYPE, "message type tag is not known")
     # Not bytes, or too large, is refused by the codec with its own code before any parsing.
     decoded: AnyMessage = codec.decode(

@@ -21,6 +21,9 @@ Invariants:
   time window, replay, own key, decrypt, signer key, signature, body) and raises the first
   failure's precise code; peers get one opaque error from the node layer, the code is for the log.
 * Signatures are verified over the exact bytes received; nothing is re-encoded before verifying.
+  Whether the sender's identity key counts at the header's timestamp is decided by
+  :func:`protocol.keys.key_at` (the one rule for every signed object); its refusals become
+  :class:`~protocol.errors.EnvelopeRejected` with the same code.
 * Pure: message ids, timestamps, ``now`` and the HPKE ephemeral key are arguments. Recording a
   message id as seen is the caller's job, in the same transaction that stores the message.
 """
@@ -28,7 +31,8 @@ Invariants:
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Annotated, Final, Protocol
 
@@ -44,9 +48,19 @@ from protocol.errors import (
     ProtocolError,
     RemoteProtocolError,
 )
-from protocol.keys import KEY_ID_BYTES, EncryptionKey, KeyId, KeyKind, Timestamp, VerifyKey, key_id
+from protocol.fields import CityName, Digest, Signature, Timestamp
+from protocol.keys import (
+    KEY_ID_BYTES,
+    EncryptionKey,
+    KeyId,
+    VerifyKey,
+    check_key_at,
+    find_key,
+    identity_key_id,
+    key_at,
+)
 from protocol.limits import DEFAULT_LIMITS, Limits
-from protocol.messages import CityName, Message, decode_message
+from protocol.messages import Message, decode_message
 from protocol.signing import Purpose
 
 PROTOCOL_VERSION: Final = 1
@@ -55,7 +69,6 @@ SUITE_V1: Final = 1
 SUPPORTED_SUITES: Final = frozenset({SUITE_V1})
 
 MESSAGE_ID_BYTES: Final = 16
-HASH_BYTES: Final = 32
 MAX_HEADER_BYTES: Final = 1024
 """Largest header the framing accepts, in every protocol version (a version-1 header is < 300)."""
 HPKE_INFO_PREFIX: Final = b"citynode/v1 envelope-hpke\x00"
@@ -63,10 +76,6 @@ RECEIPT_ACCEPTED: Final = "accepted"
 RECEIPT_STATUSES: Final = frozenset({RECEIPT_ACCEPTED} | {code.value for code in ErrorCode})
 
 MessageId = Annotated[bytes, msgspec.Meta(min_length=MESSAGE_ID_BYTES, max_length=MESSAGE_ID_BYTES)]
-Digest = Annotated[bytes, msgspec.Meta(min_length=HASH_BYTES, max_length=HASH_BYTES)]
-Signature = Annotated[
-    bytes, msgspec.Meta(min_length=signing.SIGNATURE_BYTES, max_length=signing.SIGNATURE_BYTES)
-]
 Uint8 = Annotated[int, msgspec.Meta(ge=0, le=2**8 - 1)]
 Uint16 = Annotated[int, msgspec.Meta(ge=0, le=2**16 - 1)]
 Uint32 = Annotated[int, msgspec.Meta(ge=0, le=2**32 - 1)]
@@ -256,7 +265,7 @@ def seal_envelope(
             suite=SUITE_V1,
             sender=sender,
             recipient=recipient,
-            sender_key_id=key_id(KeyKind.IDENTITY, sender_identity.public_key().public_bytes_raw()),
+            sender_key_id=identity_key_id(sender_identity),
             recipient_key_id=recipient_key.key_id,
             recipient_key_epoch=recipient_key.epoch,
             agreement_version=agreement_version,
@@ -282,15 +291,15 @@ def seal_envelope(
     return envelope
 
 
-def _reject(code: ErrorCode, message: str) -> EnvelopeRejected:
-    return EnvelopeRejected(code, message)
-
-
 def _check_version_and_suite(version: int, suite: int) -> None:
     if version != PROTOCOL_VERSION:
-        raise _reject(ErrorCode.UNSUPPORTED_VERSION, "envelope protocol version is not supported")
+        raise EnvelopeRejected(
+            ErrorCode.UNSUPPORTED_VERSION, "envelope protocol version is not supported"
+        )
     if suite not in SUPPORTED_SUITES:
-        raise _reject(ErrorCode.UNSUPPORTED_SUITE, "envelope cryptographic suite is not supported")
+        raise EnvelopeRejected(
+            ErrorCode.UNSUPPORTED_SUITE, "envelope cryptographic suite is not supported"
+        )
 
 
 def _decode_header(header_bytes: bytes) -> Header:
@@ -314,58 +323,39 @@ def _decode_header(header_bytes: bytes) -> Header:
 
 def _check_addressing(header: Header, me: str) -> None:
     if header.sender == me:
-        raise _reject(ErrorCode.REFLECTED, "envelope claims to come from this node")
+        raise EnvelopeRejected(ErrorCode.REFLECTED, "envelope claims to come from this node")
     if header.recipient != me:
-        raise _reject(ErrorCode.WRONG_RECIPIENT, "envelope is addressed to another node")
+        raise EnvelopeRejected(ErrorCode.WRONG_RECIPIENT, "envelope is addressed to another node")
 
 
 def _check_time(header: Header, now: int, limits: Limits) -> None:
     if header.timestamp < now - limits.max_message_age_s:
-        raise _reject(ErrorCode.STALE, "envelope timestamp is older than the accepted window")
+        raise EnvelopeRejected(
+            ErrorCode.STALE, "envelope timestamp is older than the accepted window"
+        )
     if header.timestamp > now + limits.max_clock_skew_s:
-        raise _reject(ErrorCode.FROM_FUTURE, "envelope timestamp is beyond the allowed clock skew")
+        raise EnvelopeRejected(
+            ErrorCode.FROM_FUTURE, "envelope timestamp is beyond the allowed clock skew"
+        )
 
 
 def _decryption_key(header: Header, my_keys: Mapping[bytes, DecryptionKey]) -> X25519PrivateKey:
     own = my_keys.get(header.recipient_key_id)
     if own is None or own.epoch != header.recipient_key_epoch:
-        raise _reject(ErrorCode.UNKNOWN_KEY, "envelope is sealed to an encryption key we lack")
+        raise EnvelopeRejected(
+            ErrorCode.UNKNOWN_KEY, "envelope is sealed to an encryption key we lack"
+        )
     return own.private_key
 
 
-def _find_key(keys: Sequence[VerifyKey], signer_key_id: bytes) -> VerifyKey:
-    for key in keys:
-        if key.key_id == signer_key_id:
-            return key
-    raise _reject(ErrorCode.UNKNOWN_KEY, "signature names an identity key we do not know")
-
-
-def _check_key_counts_at(key: VerifyKey, signed_at: int) -> None:
-    if key.revoked_since is not None and signed_at >= key.revoked_since:
-        raise _reject(ErrorCode.REVOKED_KEY, "signature was made with a revoked identity key")
-    if signed_at < key.valid_from or (key.valid_until is not None and signed_at > key.valid_until):
-        raise _reject(ErrorCode.EXPIRED_KEY, "signature was made outside the key's validity")
-
-
-def signer_key(keys: Sequence[VerifyKey], signer_key_id: bytes, signed_at: int) -> VerifyKey:
-    """Find the identity key a signature names, and check that it counted at ``signed_at``.
-
-    Args:
-        keys: the signer's identity keys as we trust them.
-        signer_key_id: the key id named with the signature.
-        signed_at: the time the signed object claims, Unix seconds.
-
-    Returns:
-        The key to verify with.
-
-    Raises:
-        EnvelopeRejected: ``unknown_key`` (not among ``keys``), ``revoked_key`` (``signed_at`` at
-            or after its ``revoked_since``), ``expired_key`` (outside ``valid_from`` ..
-            ``valid_until``).
-    """
-    key = _find_key(keys, signer_key_id)
-    _check_key_counts_at(key, signed_at)
-    return key
+@contextmanager
+def _key_refusals_as_rejections() -> Iterator[None]:
+    # The key checks of protocol.keys raise RemoteProtocolError; an envelope or a receipt is
+    # refused as EnvelopeRejected, with the same code.
+    try:
+        yield
+    except RemoteProtocolError as e:
+        raise EnvelopeRejected(e.code, e.message) from e
 
 
 def open_envelope(
@@ -414,21 +404,25 @@ def open_envelope(
     _check_addressing(header, me)
     verify_keys = sender_keys(header.sender)
     if verify_keys is None:
-        raise _reject(ErrorCode.UNKNOWN_SENDER, "envelope comes from a city we do not know")
+        raise EnvelopeRejected(
+            ErrorCode.UNKNOWN_SENDER, "envelope comes from a city we do not know"
+        )
     _check_time(header, now, limits)
     if replay.seen(header.sender, header.message_id):
-        raise _reject(ErrorCode.REPLAYED, "envelope message id was already accepted")
+        raise EnvelopeRejected(ErrorCode.REPLAYED, "envelope message id was already accepted")
     private_key = _decryption_key(header, my_keys)
     plaintext = hpke.open(private_key, HPKE_INFO_PREFIX + envelope.header, envelope.sealed)
     inner = codec.decode(plaintext, _SignedBody, max_bytes=len(plaintext), what="sealed body")
-    key = signer_key(verify_keys, header.sender_key_id, header.timestamp)
-    if not signing.verify(
+    with _key_refusals_as_rejections():
+        key = key_at(verify_keys, header.sender_key_id, header.timestamp)
+    signing.check_signature(
         key.public_key,
         Purpose.ENVELOPE,
         signed_payload(envelope.header, inner.body),
         inner.signature,
-    ):
-        raise _reject(ErrorCode.BAD_SIGNATURE, "envelope signature does not verify")
+        what="envelope",
+        rejected=EnvelopeRejected,
+    )
     return OpenedEnvelope(
         header=header,
         header_bytes=envelope.header,
@@ -517,9 +511,7 @@ def sign_receipt(receipt: Receipt, identity_key: Ed25519PrivateKey, signer_key_i
         codec.decode(receipt_bytes, Receipt, max_bytes=len(receipt_bytes), what="receipt")
     except ProtocolError as e:
         raise _as_local(e, "receipt") from e
-    if len(signer_key_id) != KEY_ID_BYTES or signer_key_id != key_id(
-        KeyKind.IDENTITY, identity_key.public_key().public_bytes_raw()
-    ):
+    if len(signer_key_id) != KEY_ID_BYTES or signer_key_id != identity_key_id(identity_key):
         raise LocalProtocolError(ErrorCode.INVALID_FIELD, "signer key id does not name the key")
     signature = signing.sign(identity_key, Purpose.RECEIPT, receipt_bytes)
     return codec.encode((receipt_bytes, signer_key_id, signature))
@@ -553,11 +545,21 @@ def verify_receipt(
             another city than ``signer`` as its recipient.
     """
     signed = codec.decode(data, _SignedReceipt, max_bytes=limits.max_receipt_bytes, what="receipt")
-    key = _find_key(verify_keys, signed.signer_key_id)
-    if not signing.verify(key.public_key, Purpose.RECEIPT, signed.receipt, signed.signature):
-        raise _reject(ErrorCode.BAD_SIGNATURE, "receipt signature does not verify")
+    # The key must be known before its signature is checked, but its window can only be checked
+    # at the receipt's own time, known once the verified receipt is decoded.
+    with _key_refusals_as_rejections():
+        key = find_key(verify_keys, signed.signer_key_id)
+    signing.check_signature(
+        key.public_key,
+        Purpose.RECEIPT,
+        signed.receipt,
+        signed.signature,
+        what="receipt",
+        rejected=EnvelopeRejected,
+    )
     receipt = codec.decode(signed.receipt, Receipt, max_bytes=len(signed.receipt), what="receipt")
-    _check_key_counts_at(key, receipt.received_at)
+    with _key_refusals_as_rejections():
+        check_key_at(key, receipt.received_at)
     if receipt.recipient != signer:
-        raise _reject(ErrorCode.INVALID_FIELD, "receipt names another city as its signer")
+        raise EnvelopeRejected(ErrorCode.INVALID_FIELD, "receipt names another city as its signer")
     return receipt

@@ -9,6 +9,9 @@ for another (an envelope signature is not a receipt, a key bundle is not an agre
 are the exact bytes that travel; nothing is re-encoded before verifying.
 
 Ed25519 is deterministic, so signatures are reproducible in known-answer vectors.
+
+:func:`verify` answers yes or no (for counting signatures, as an agreement's threshold does);
+:func:`check_signature` is the one way to refuse what a peer sent over a bad signature.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from typing import Final
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from protocol.errors import ErrorCode, RemoteProtocolError
 
 SIGNATURE_BYTES: Final = 64
 _PREFIX: Final = b"citynode/v1 "
@@ -78,3 +83,29 @@ def verify(public_key: bytes, purpose: Purpose, payload: bytes, signature: bytes
     except (InvalidSignature, ValueError):
         return False
     return True
+
+
+def check_signature(
+    public_key: bytes,
+    purpose: Purpose,
+    payload: bytes,
+    signature: bytes,
+    *,
+    what: str,
+    rejected: type[RemoteProtocolError] = RemoteProtocolError,
+) -> None:
+    """Refuse a signature that does not verify, as the peer's fault.
+
+    Args:
+        public_key: the raw 32-byte Ed25519 public key that must have signed.
+        purpose: what the signature must be for.
+        payload: the exact bytes received.
+        signature: the 64-byte signature received.
+        what: the signed object's name for the error message ("key bundle", "checkpoint").
+        rejected: the error class to raise (``EnvelopeRejected`` for envelopes and receipts).
+
+    Raises:
+        RemoteProtocolError: ``bad_signature`` (as ``rejected``).
+    """
+    if not verify(public_key, purpose, payload, signature):
+        raise rejected(ErrorCode.BAD_SIGNATURE, f"{what} signature does not verify")

@@ -20,10 +20,9 @@ from typing import Any
 
 from hypothesis import strategies as st
 
+from protocol.fields import FIRST_DATE, LAST_DATE
 from protocol.messages import (
-    FIRST_DATE,
     INTERVENTION_CHARS,
-    LAST_DATE,
     MESSAGE_TYPES,
     AgreementProposal,
     AgreementSignature,

@@ -1,86 +1,43 @@
-"""The key-history log: chain, tampering, checkpoints, countersignatures, equivocation, vectors."""
+"""The key-history log: the hash chain and its tampering, checkpoints, countersignatures,
+consistency with a checkpoint, and the log vectors of tests/vectors/keylog.json."""
 
 from __future__ import annotations
 
 import hashlib
-import json
 import struct
-from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from keylog_fixtures import (
+    KEYRING,
+    T0,
+    VECTORS,
+    checkpoint,
+    make_log,
+    private_key,
+    relinked,
+    statements,
+    trusted,
+    vector_keyring,
+    vector_log,
+    vector_private,
+)
 
 from protocol import codec, keylog
 from protocol.errors import (
     DecodeError,
-    EquivocationDetected,
     ErrorCode,
     KeyLogBroken,
     LocalProtocolError,
     RemoteProtocolError,
 )
-from protocol.keylog import (
-    CheckpointBook,
-    EntryKind,
-    EquivocationProof,
-    KeyLog,
-    KeyLogEntry,
-    SignedCheckpoint,
-    VerifiedCheckpoint,
-)
-from protocol.keys import VerifyKey, identity_key
+from protocol.keylog import EntryKind, KeyLog, KeyLogEntry, SignedCheckpoint
+from protocol.keys import identity_key
 from protocol.limits import Limits
 from protocol.signing import Purpose, sign
-
-VECTORS = json.loads(
-    (Path(__file__).parents[1] / "vectors" / "keylog.json").read_text(encoding="utf-8")
-)
-T0 = 1_767_225_600
-CITIES = ("stockholm", "goteborg", "malmo")
-
-
-def private_key(city: str) -> Ed25519PrivateKey:
-    return Ed25519PrivateKey.from_private_bytes(
-        hashlib.sha256(b"test key " + city.encode()).digest()
-    )
-
-
-def trusted(city: str, **window: int) -> VerifyKey:
-    key = identity_key(private_key(city).public_key().public_bytes_raw())
-    return msgspec.structs.replace(key, **window) if window else key
-
-
-KEYRING: dict[str, list[VerifyKey]] = {city: [trusted(city)] for city in CITIES}
-
-
-def make_log(payloads: list[bytes], start: int = T0) -> KeyLog:
-    log = KeyLog()
-    for offset, payload in enumerate(payloads):
-        log = log.append(EntryKind.ENCRYPTION_KEY, payload, start + offset * 60)
-    return log
-
-
-def statements(n: int, label: str = "key") -> list[bytes]:
-    return [f"test statement: {label} {i}".encode() for i in range(n)]
-
-
-def checkpoint(log: KeyLog, at: int = T0 + 86_400, city: str = "stockholm") -> VerifiedCheckpoint:
-    signed = keylog.sign_checkpoint(log, city, at, private_key(city))
-    return keylog.verify_checkpoint(signed, KEYRING)
-
-
-def relinked(entries: list[KeyLogEntry], start: int) -> list[KeyLogEntry]:
-    """Re-chain entries from ``start`` on as a forger would (index and previous hash fixed up)."""
-    fixed = list(entries[:start])
-    for entry in entries[start:]:
-        previous = keylog.entry_hash(fixed[-1]) if fixed else keylog.ZERO_HASH
-        fixed.append(msgspec.structs.replace(entry, index=len(fixed), previous_hash=previous))
-    return fixed
-
 
 # --- The chain ------------------------------------------------------------------------------
 
@@ -387,201 +344,6 @@ def test_forked_log_is_inconsistent_with_the_checkpoint_it_forked_from() -> None
     assert caught.value.index == 3
 
 
-# --- Equivocation ---------------------------------------------------------------------------
-
-
-def test_two_heads_for_one_size_yield_a_proof_that_verifies_offline() -> None:
-    honest = checkpoint(make_log(statements(3)))
-    other = checkpoint(make_log(statements(3, "shown to malmo")))
-    proof = keylog.detect_equivocation(honest, other)
-    assert proof is not None
-    assert proof.extension == ()
-    received = keylog.decode_equivocation_proof(codec.encode(proof))
-    assert keylog.verify_equivocation_proof(received, {"stockholm": KEYRING["stockholm"]})
-
-
-def test_same_head_signed_twice_is_not_equivocation() -> None:
-    log = make_log(statements(3))
-    assert keylog.detect_equivocation(checkpoint(log, T0 + 10), checkpoint(log, T0 + 20)) is None
-
-
-def test_longer_log_that_extends_the_checkpoint_is_not_equivocation() -> None:
-    log = make_log(statements(5))
-    early = checkpoint(KeyLog(log.entries[:2]))
-    late = checkpoint(log)
-    assert keylog.detect_equivocation(early, late, log) is None
-    assert keylog.detect_equivocation(late, early, log) is None
-
-
-def test_longer_log_that_does_not_extend_the_checkpoint_yields_a_proof() -> None:
-    early = checkpoint(make_log(statements(3)))
-    fork = make_log([*statements(1), *statements(4, "forked")])
-    late = checkpoint(fork)
-    assert keylog.detect_equivocation(early, late) is None  # without entries nothing shows it
-    proof = keylog.detect_equivocation(early, late, fork)
-    assert proof is not None
-    assert [e.index for e in proof.extension] == [2, 3, 4]
-    assert keylog.verify_equivocation_proof(proof, KEYRING)
-
-
-def test_detecting_with_a_log_that_is_not_the_checkpoints_is_refused() -> None:
-    early = checkpoint(make_log(statements(2)))
-    late = checkpoint(make_log(statements(4)))
-    with pytest.raises(KeyLogBroken):
-        keylog.detect_equivocation(early, late, make_log(statements(4, "other")))
-
-
-def test_checkpoints_of_two_cities_are_never_compared() -> None:
-    log = make_log(statements(2))
-    with pytest.raises(LocalProtocolError):
-        keylog.detect_equivocation(checkpoint(log), checkpoint(log, city="malmo"))
-
-
-def _proof_pair() -> tuple[EquivocationProof, KeyLog]:
-    early = checkpoint(make_log(statements(3)))
-    fork = make_log([*statements(1), *statements(4, "forked")])
-    proof = keylog.detect_equivocation(early, checkpoint(fork), fork)
-    assert proof is not None
-    return proof, fork
-
-
-def test_proof_with_a_forged_signature_is_refused() -> None:
-    honest = checkpoint(make_log(statements(3)))
-    other = checkpoint(make_log(statements(3, "other")))
-    proof = keylog.detect_equivocation(honest, other)
-    assert proof is not None
-    forged = msgspec.structs.replace(
-        proof, second=msgspec.structs.replace(proof.second, signature=bytes(64))
-    )
-    assert not keylog.verify_equivocation_proof(forged, KEYRING)
-
-
-def test_proof_fabricated_from_checkpoints_signed_by_another_key_is_refused() -> None:
-    # A third city signs a conflicting "stockholm" checkpoint: it does not verify as stockholm's.
-    honest = checkpoint(make_log(statements(3)))
-    fake = keylog.sign_checkpoint(
-        make_log(statements(3, "x")), "stockholm", T0, private_key("malmo")
-    )
-    proof = EquivocationProof(first=honest.signed, second=fake, extension=())
-    assert not keylog.verify_equivocation_proof(proof, KEYRING)
-
-
-def test_proof_of_two_identical_checkpoints_is_refused() -> None:
-    seen = checkpoint(make_log(statements(3)))
-    proof = EquivocationProof(first=seen.signed, second=seen.signed, extension=())
-    assert not keylog.verify_equivocation_proof(proof, KEYRING)
-
-
-def test_proof_whose_extension_is_tampered_is_refused() -> None:
-    proof, fork = _proof_pair()
-    cases = [
-        proof.extension[:-1],  # too short
-        (proof.extension[0], proof.extension[2], proof.extension[1]),  # reordered
-        # an honest-looking first entry: the forger cannot make it link to the signed head
-        (make_log(statements(3)).entries[2], *proof.extension[1:]),
-    ]
-    for extension in cases:
-        forged = msgspec.structs.replace(proof, extension=tuple(extension))
-        assert not keylog.verify_equivocation_proof(forged, KEYRING)
-    assert keylog.verify_equivocation_proof(proof, KEYRING)
-    assert fork.size == 5
-
-
-def test_proof_of_equal_sizes_must_not_carry_an_extension() -> None:
-    honest = checkpoint(make_log(statements(3)))
-    other = checkpoint(make_log(statements(3, "other")))
-    proof = keylog.detect_equivocation(honest, other)
-    assert proof is not None
-    padded = msgspec.structs.replace(proof, extension=make_log(statements(1)).entries)
-    assert not keylog.verify_equivocation_proof(padded, KEYRING)
-
-
-def test_proof_with_an_unknown_city_is_refused_without_raising() -> None:
-    proof, _ = _proof_pair()
-    assert not keylog.verify_equivocation_proof(proof, {"goteborg": KEYRING["goteborg"]})
-
-
-# --- The checkpoint book --------------------------------------------------------------------
-
-
-def _proof_of(error: EquivocationDetected) -> EquivocationProof:
-    assert isinstance(error.proof, EquivocationProof)
-    return error.proof
-
-
-def test_book_catches_a_conflicting_checkpoint_relayed_by_a_witness() -> None:
-    honest = checkpoint(make_log(statements(3)), at=T0 + 100)
-    book = CheckpointBook().record(honest)
-    # Stockholm showed Malmö another log; Malmö countersigned what it saw and relays it to us.
-    shown_to_malmo = checkpoint(make_log(statements(3, "for malmo")), at=T0 + 200)
-    relayed = keylog.countersign(shown_to_malmo, "malmo", T0 + 210, private_key("malmo"))
-    verified = keylog.verify_countersignature(relayed, KEYRING)
-    with pytest.raises(EquivocationDetected) as caught:
-        book.record(verified.checkpoint)
-    assert caught.value.code is ErrorCode.EQUIVOCATION
-    assert keylog.verify_equivocation_proof(_proof_of(caught.value), KEYRING)
-
-
-def test_book_catches_a_small_checkpoint_that_the_known_log_does_not_pass_through() -> None:
-    log = make_log(statements(5))
-    book = CheckpointBook().record(checkpoint(log), log)
-    other = checkpoint(make_log([*statements(1), *statements(2, "forked")]))
-    with pytest.raises(EquivocationDetected) as caught:
-        book.record(other)
-    assert keylog.verify_equivocation_proof(_proof_of(caught.value), KEYRING)
-
-
-def test_book_catches_a_new_log_that_does_not_extend_a_recorded_checkpoint() -> None:
-    book = CheckpointBook().record(checkpoint(make_log(statements(3))))
-    fork = make_log([*statements(2), *statements(3, "forked")])
-    with pytest.raises(EquivocationDetected) as caught:
-        book.record(checkpoint(fork), fork)
-    assert keylog.verify_equivocation_proof(_proof_of(caught.value), KEYRING)
-
-
-def test_book_catches_a_new_log_that_does_not_extend_the_known_log() -> None:
-    log = make_log(statements(3))
-    book = CheckpointBook().record(checkpoint(log), log)
-    fork = make_log([*statements(1), *statements(4, "forked")])
-    with pytest.raises(EquivocationDetected):
-        book.record(checkpoint(fork), fork)
-
-
-def test_book_follows_an_honest_city_and_keeps_only_what_the_log_does_not_cover() -> None:
-    log = make_log(statements(6))
-    book = CheckpointBook()
-    for size in (2, 4, 3):
-        book = book.record(checkpoint(KeyLog(log.entries[:size])))
-    assert [c.size for c in book.cities["stockholm"].pending] == [2, 3, 4]
-    assert book.latest("stockholm") is not None
-    book = book.record(checkpoint(KeyLog(log.entries[:5])), KeyLog(log.entries[:5]))
-    book = book.record(checkpoint(log, T0 + 99_999))
-    known = book.cities["stockholm"]
-    assert known.log.size == 5
-    assert [c.size for c in known.pending] == [6]
-    assert book.latest("stockholm") == checkpoint(log, T0 + 99_999)
-    assert book.latest("malmo") is None
-
-
-def test_book_recording_the_same_checkpoint_again_learns_nothing() -> None:
-    log = make_log(statements(3))
-    seen = checkpoint(log)
-    book = CheckpointBook().record(seen, log)
-    assert book.record(seen) is book
-    assert book.record(checkpoint(log, T0 + 5)) is book
-
-
-def test_book_refuses_a_log_that_is_not_the_checkpoints() -> None:
-    with pytest.raises(KeyLogBroken):
-        CheckpointBook().record(checkpoint(make_log(statements(3))), make_log(statements(2)))
-
-
-def test_book_keeps_cities_apart() -> None:
-    book = CheckpointBook().record(checkpoint(make_log(statements(2))))
-    book = book.record(checkpoint(make_log(statements(2, "malmo")), city="malmo"))
-    assert set(book.cities) == {"stockholm", "malmo"}
-
-
 # --- Properties -----------------------------------------------------------------------------
 
 changes = st.lists(
@@ -640,29 +402,9 @@ def test_any_edit_of_any_entry_is_caught_against_the_checkpoint(
 # --- Known-answer vectors -------------------------------------------------------------------
 
 
-def _vector_keyring() -> dict[str, list[VerifyKey]]:
-    return {
-        city: [identity_key(bytes.fromhex(key["public_key"]))]
-        for city, key in VECTORS["keys"].items()
-    }
-
-
-def _vector_private(city: str) -> Ed25519PrivateKey:
-    return Ed25519PrivateKey.from_private_bytes(bytes.fromhex(VECTORS["keys"][city]["seed"]))
-
-
-def _vector_log() -> KeyLog:
-    log = KeyLog()
-    for entry in VECTORS["entries"]:
-        kind = EntryKind[entry["kind"].upper()]
-        assert int(kind) == entry["kind_code"]
-        log = log.append(kind, bytes.fromhex(entry["payload"]), entry["timestamp"])
-    return log
-
-
 def test_vector_keys_match_their_seeds() -> None:
     for city, key in VECTORS["keys"].items():
-        public = _vector_private(city).public_key().public_bytes_raw()
+        public = vector_private(city).public_key().public_bytes_raw()
         assert public.hex() == key["public_key"]
         assert identity_key(public).key_id.hex() == key["key_id"]
 
@@ -683,7 +425,7 @@ def test_vector_entry_hashes_follow_the_documented_layout() -> None:
 
 
 def test_vector_log_is_reproduced_from_its_inputs() -> None:
-    log = _vector_log()
+    log = vector_log()
     assert [keylog.entry_hash(e).hex() for e in log.entries] == [
         e["hash"] for e in VECTORS["entries"]
     ]
@@ -705,68 +447,25 @@ def test_vector_recorded_log_decodes_and_verifies() -> None:
 def test_vector_checkpoint_is_reproduced_and_verifies() -> None:
     vector = VECTORS["checkpoint"]
     signed = keylog.sign_checkpoint(
-        _vector_log(), vector["city"], vector["timestamp"], _vector_private(vector["city"])
+        vector_log(), vector["city"], vector["timestamp"], vector_private(vector["city"])
     )
     assert signed.checkpoint_bytes.hex() == vector["checkpoint_bytes"]
     assert signed.signer_key_id.hex() == vector["signer_key_id"]
     assert signed.signature.hex() == vector["signature"]
     assert codec.encode(signed).hex() == vector["wire"]
     received = keylog.decode_signed_checkpoint(bytes.fromhex(vector["wire"]))
-    verified = keylog.verify_checkpoint(received, _vector_keyring())
+    verified = keylog.verify_checkpoint(received, vector_keyring())
     assert (verified.size, verified.head.hex()) == (vector["size"], vector["head"])
 
 
 def test_vector_countersignature_is_reproduced_and_verifies() -> None:
     vector = VECTORS["countersignature"]
     received = keylog.decode_countersignature(bytes.fromhex(vector["wire"]))
-    verified = keylog.verify_countersignature(received, _vector_keyring())
+    verified = keylog.verify_countersignature(received, vector_keyring())
     assert (verified.witness, verified.seen_at) == (vector["witness"], vector["seen_at"])
     again = keylog.countersign(
-        verified.checkpoint, vector["witness"], vector["seen_at"], _vector_private("goteborg")
+        verified.checkpoint, vector["witness"], vector["seen_at"], vector_private("goteborg")
     )
     assert again.statement_bytes.hex() == vector["statement_bytes"]
     assert again.witness_key_id.hex() == vector["witness_key_id"]
     assert again.signature.hex() == vector["signature"]
-
-
-def _vector_proof(name: str) -> tuple[dict[str, Any], EquivocationProof]:
-    vector = VECTORS[name]
-    return vector, keylog.decode_equivocation_proof(bytes.fromhex(vector["proof"]))
-
-
-def test_vector_equivocation_proofs_verify_and_are_reproduced() -> None:
-    keyring = _vector_keyring()
-    honest = keylog.verify_checkpoint(
-        keylog.decode_signed_checkpoint(bytes.fromhex(VECTORS["checkpoint"]["wire"])), keyring
-    )
-    vector, proof = _vector_proof("equivocation_same_size")
-    assert keylog.verify_equivocation_proof(proof, keyring)
-    fork_signed = keylog.decode_signed_checkpoint(bytes.fromhex(vector["fork_checkpoint"]))
-    fork = keylog.verify_checkpoint(fork_signed, keyring)
-    assert fork.head.hex() == vector["fork_head"]
-    again = keylog.detect_equivocation(honest, fork)
-    assert again is not None
-    assert codec.encode(again).hex() == vector["proof"]
-
-    vector, proof = _vector_proof("equivocation_extension")
-    assert keylog.verify_equivocation_proof(proof, keyring)
-    assert [e.index for e in proof.extension] == [3, 4]
-    longer = keylog.verify_checkpoint(
-        keylog.decode_signed_checkpoint(bytes.fromhex(vector["longer_checkpoint"])), keyring
-    )
-    assert longer.checkpoint.timestamp == vector["longer_checkpoint_timestamp"]
-    # Reproduce the forked log from the recorded inputs, then the proof from it.
-    forked = KeyLog(_vector_log().entries[:2])
-    for entry in VECTORS["entries"][2:]:
-        payload = bytes.fromhex(entry["payload"])
-        if entry["index"] == VECTORS["equivocation_same_size"]["fork_index"]:
-            payload = bytes.fromhex(VECTORS["equivocation_same_size"]["fork_payload"])
-        forked = forked.append(EntryKind[entry["kind"].upper()], payload, entry["timestamp"])
-    extra = vector["extra_entry"]
-    forked = forked.append(
-        EntryKind[extra["kind"].upper()], bytes.fromhex(extra["payload"]), extra["timestamp"]
-    )
-    assert forked.head == longer.head
-    again = keylog.detect_equivocation(honest, longer, forked)
-    assert again is not None
-    assert codec.encode(again).hex() == vector["proof"]

@@ -2,8 +2,9 @@
 
 Run from the repository root: ``.venv/bin/python tests/vectors/generate_keylog.py``.
 Everything is deterministic (fixed seeds, fixed times, Ed25519 signatures are deterministic), so
-running it again must produce the same file; ``tests/protocol/test_keylog.py`` checks the file
-both ways (reproduces every value from the inputs, and verifies the recorded bytes).
+running it again must produce the same file; ``tests/protocol/test_keylog.py`` and
+``test_equivocation.py`` check the file both ways (reproduce every value from the inputs, and
+verify the recorded bytes).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from protocol import codec, keylog
+from protocol import codec, equivocation, keylog
 from protocol.keys import KeyKind, VerifyKey, identity_key, key_id
 
 OUT = Path(__file__).with_name("keylog.json")
@@ -106,10 +107,12 @@ def build() -> dict[str, Any]:
     forked_entries = (*ENTRIES[:2], (ENTRIES[2][0], FORK_PAYLOAD, ENTRIES[2][2]), ENTRIES[3])
     fork = build_log(forked_entries)
     fork_signed = keylog.sign_checkpoint(fork, "stockholm", CHECKPOINT_AT, stockholm)
-    same_size = keylog.detect_equivocation(verified, keylog.verify_checkpoint(fork_signed, keyring))
+    same_size = equivocation.detect_equivocation(
+        verified, keylog.verify_checkpoint(fork_signed, keyring)
+    )
     longer = build_log((*forked_entries, FORK_EXTRA))
     longer_signed = keylog.sign_checkpoint(longer, "stockholm", CHECKPOINT_AT + 60, stockholm)
-    extended = keylog.detect_equivocation(
+    extended = equivocation.detect_equivocation(
         verified, keylog.verify_checkpoint(longer_signed, keyring), longer
     )
     assert same_size is not None

@@ -3,9 +3,10 @@ agreement.
 
 Run from the repository root: ``.venv/bin/python tests/vectors/generate_keys.py`` (``--check``
 only compares). Everything is deterministic — fixed seeds, fixed times, and Ed25519 signatures are
-deterministic — so running it again must produce the same files. ``tests/protocol/test_keys.py``
-and ``tests/protocol/test_agreement.py`` check the files both ways: they reproduce every value from
-the recorded inputs, and verify the recorded bytes.
+deterministic — so running it again must produce the same files. The key tests
+(``tests/protocol/test_keys.py``, ``test_key_bundle.py``, ``test_succession.py``) and the agreement
+tests (``test_agreement.py``, ``test_agreement_draft.py``) check the files both ways: they
+reproduce every value from the recorded inputs, and verify the recorded bytes.
 
 Identity seeds are ``SHA-256("citynode test vector identity " || name)`` as in ``keylog.json``;
 X25519 and TLS seeds use the labels ``x25519`` and ``tls`` in the same way.
@@ -25,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from protocol import agreement, codec, keys
+from protocol import agreement, agreement_draft, codec, key_bundle, keylog, keys, succession
 from protocol.messages import ThreatLevel
 from protocol.signing import Purpose, sign
 
@@ -129,10 +130,10 @@ def spki_der(label: str) -> bytes:
     return private.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
 
 
-def member_keys() -> dict[str, agreement.MemberKeys]:
+def member_keys() -> dict[str, agreement_draft.MemberKeys]:
     """Each city's keys in the agreement of the vectors: its identity and one TLS pin."""
     return {
-        city: agreement.MemberKeys(public(city), (keys.tls_pin(spki_der(f"{city} 1")),))
+        city: agreement_draft.MemberKeys(public(city), (keys.tls_pin(spki_der(f"{city} 1")),))
         for city in CITIES
     }
 
@@ -153,13 +154,13 @@ def encryption_key(spec: dict[str, Any]) -> keys.EncryptionKey:
 def signed_bundle() -> bytes:
     """The signed key bundle of the vectors."""
     identity = private_key(BUNDLE_CITY)
-    return keys.sign_bundle(
+    return key_bundle.sign_bundle(
         identity,
         city=BUNDLE_CITY,
-        current=keys.announce_encryption_key(identity, encryption_key(CURRENT)),
-        next_key=keys.announce_encryption_key(identity, encryption_key(NEXT)),
+        current=key_bundle.announce_encryption_key(identity, encryption_key(CURRENT)),
+        next_key=key_bundle.announce_encryption_key(identity, encryption_key(NEXT)),
         tls_pins=[keys.tls_pin(spki_der(label)) for label in TLS_LABELS],
-        key_log=keys.KeyLogHead(KEY_LOG["size"], KEY_LOG["root"]),
+        key_log=keylog.KeyLogHead(KEY_LOG["size"], KEY_LOG["root"]),
         issued_at=ISSUED_AT,
         sequence=SEQUENCE,
     )
@@ -182,7 +183,7 @@ def _fingerprint(city: str) -> dict[str, Any]:
 
 def _encryption(spec: dict[str, Any]) -> dict[str, Any]:
     record = encryption_key(spec)
-    announcement = keys.announce_encryption_key(private_key(BUNDLE_CITY), record)
+    announcement = key_bundle.announce_encryption_key(private_key(BUNDLE_CITY), record)
     return {
         "x25519_seed": seed(spec["label"], "x25519").hex(),
         "public_key": record.public_key.hex(),
@@ -196,21 +197,23 @@ def _encryption(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _resign(bundle: keys.KeyBundle) -> str:
+def _resign(bundle: key_bundle.KeyBundle) -> str:
     """Sign a bundle without the self-check of ``sign_bundle`` (for refused vectors)."""
     body = codec.encode(bundle)
     signature = sign(private_key(BUNDLE_CITY), Purpose.KEY_BUNDLE, body)
-    return codec.encode(keys.SignedKeyBundle(body, signature)).hex()
+    return codec.encode(key_bundle.SignedKeyBundle(body, signature)).hex()
 
 
 def _refused_bundles(signed: bytes) -> list[dict[str, Any]]:
-    outer = codec.decode(signed, keys.SignedKeyBundle, max_bytes=1 << 20, what="vector")
-    bundle = codec.decode(outer.bundle, keys.KeyBundle, max_bytes=1 << 20, what="vector")
+    outer = codec.decode(signed, key_bundle.SignedKeyBundle, max_bytes=1 << 20, what="vector")
+    bundle = codec.decode(outer.bundle, key_bundle.KeyBundle, max_bytes=1 << 20, what="vector")
     identity = private_key(BUNDLE_CITY)
     stale = keys.encryption_key(
         x25519_public("stockholm 9"), epoch=9, not_before=T0 + 61 * DAY, not_after=T0 + 365 * DAY
     )
-    skipped = msgspec.structs.replace(bundle, next=keys.announce_encryption_key(identity, stale))
+    skipped = msgspec.structs.replace(
+        bundle, next=key_bundle.announce_encryption_key(identity, stale)
+    )
     tampered = bytearray(signed)
     tampered[len(signed) - 67] ^= 0x01  # the last byte of the bundle: the sequence number
     flipped = bytearray(signed)
@@ -233,14 +236,14 @@ def _refused_bundles(signed: bytes) -> list[dict[str, Any]]:
 
 
 def _succession() -> dict[str, Any]:
-    signed = keys.sign_succession(
+    signed = succession.sign_succession(
         private_key("stockholm"),
         private_key("stockholm-2"),
         city="stockholm",
         effective_from=SUCCESSION_AT,
     )
-    wire = codec.decode(signed, keys.SignedSuccession, max_bytes=1024, what="vector")
-    chain = keys.verify_succession_chain(keys.identity_key(public("stockholm")), [signed])
+    wire = codec.decode(signed, succession.SignedSuccession, max_bytes=1024, what="vector")
+    chain = succession.verify_succession_chain(keys.identity_key(public("stockholm")), [signed])
     return {
         "city": "stockholm",
         "old": "stockholm",
@@ -264,14 +267,14 @@ def _verify_key(key: keys.VerifyKey) -> dict[str, Any]:
 
 
 def _revocation() -> dict[str, Any]:
-    signed = keys.sign_revocation(
+    signed = succession.sign_revocation(
         private_key("malmo"),
         city="malmo",
         revoked_key=public("malmo"),
         compromised_since=COMPROMISED_SINCE,
     )
-    wire = codec.decode(signed, keys.SignedRevocation, max_bytes=1024, what="vector")
-    applied = keys.apply_revocation([keys.identity_key(public("malmo"))], signed)
+    wire = codec.decode(signed, succession.SignedRevocation, max_bytes=1024, what="vector")
+    applied = succession.apply_revocation([keys.identity_key(public("malmo"))], signed)
     return {
         "city": "malmo",
         "signer": "malmo",
@@ -287,8 +290,8 @@ def _revocation() -> dict[str, Any]:
 def build_keys() -> dict[str, Any]:
     """Compute every vector of keys.json."""
     signed = signed_bundle()
-    outer = codec.decode(signed, keys.SignedKeyBundle, max_bytes=1 << 20, what="vector")
-    verified = keys.verify_bundle(signed, public(BUNDLE_CITY), VERIFY_AT)
+    outer = codec.decode(signed, key_bundle.SignedKeyBundle, max_bytes=1 << 20, what="vector")
+    verified = key_bundle.verify_bundle(signed, public(BUNDLE_CITY), VERIFY_AT)
     return {
         "description": "citynode keys: ids, fingerprints, TLS pins, bundles, succession, "
         "revocation; see docs/spec/50-keys.md",
@@ -414,12 +417,14 @@ def _version(signed: bytes, signers: tuple[str, ...]) -> dict[str, Any]:
 
 def agreement_versions() -> tuple[tuple[agreement.AgreementDocument, tuple[str, ...]], ...]:
     """Version 1 (the sample) and version 2 (Malmö's compromised key replaced), with signers."""
-    v1 = agreement.complete_draft(agreement.draft_from_toml(DRAFT), member_keys())
+    v1 = agreement_draft.complete_draft(agreement_draft.draft_from_toml(DRAFT), member_keys())
     first = agreement.verify_genesis(signed_version(v1, CITIES), TODAY)
-    new_malmo = agreement.MemberKeys(public("malmo-2"), (keys.tls_pin(spki_der("malmo 2")),))
+    new_malmo = agreement_draft.MemberKeys(public("malmo-2"), (keys.tls_pin(spki_der("malmo 2")),))
     replaced = {**member_keys(), "malmo": new_malmo}
-    draft2 = agreement.draft_from_toml({**DRAFT, "version": 2})
-    v2 = agreement.complete_draft(draft2, replaced, previous=first, revoked_keys=[public("malmo")])
+    draft2 = agreement_draft.draft_from_toml({**DRAFT, "version": 2})
+    v2 = agreement_draft.complete_draft(
+        draft2, replaced, previous=first, revoked_keys=[public("malmo")]
+    )
     return (v1, CITIES), (v2, ("stockholm", "goteborg", "malmo-2"))
 
 

@@ -1,0 +1,113 @@
+"""Field types that the wire records of several modules share, and the text and date rules.
+
+Owns the one definition of each bounded value that more than one record carries: the city and
+unit name rule (:data:`CityName`, :data:`UnitName`), case ids, Unix timestamps, SHA-256 digests,
+Ed25519 signatures, the calendar range of dates, and the rules on what a text field may hold.
+``messages``, ``sealing``, ``keys``, ``key_bundle``, ``succession``, ``keylog`` and ``agreement``
+import them from here; none of them defines its own copy.
+
+Invariants:
+
+* A name (city, unit) is 1-64 characters matching :data:`NAME_PATTERN` over the whole string:
+  Python's ``$`` also matches before a final newline, ``$(?!\\n)`` is an exact end in Python and in
+  ECMAScript (JSON Schema) alike.
+* Dates lie between :data:`FIRST_DATE` and :data:`LAST_DATE`.
+* Text holds no control character other than newline and tab, and no lone surrogate; a single-line
+  field holds none at all (nor U+2028/U+2029); a label a person reads before trusting it (a file
+  name, an agreement's title or display name) also holds no bidirectional control.
+* The checks raise :class:`~protocol.errors.LocalProtocolError` ``invalid_field`` naming the field,
+  never its value; decoders turn it into the peer's fault.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+from typing import Annotated, Final
+
+import msgspec
+
+from protocol.errors import ErrorCode, LocalProtocolError
+from protocol.signing import SIGNATURE_BYTES
+
+NAME_PATTERN: Final = r"^[a-z][a-z0-9-]*$(?!\n)"
+NAME_MAX_CHARS: Final = 64
+CASE_ID_BYTES: Final = 16
+DIGEST_BYTES: Final = 32
+MAX_I64: Final = 2**63 - 1
+"""The largest integer a signed 64-bit field (a timestamp, a sequence number) holds."""
+FIRST_DATE: Final = datetime.date(2000, 1, 1)
+LAST_DATE: Final = datetime.date(2100, 12, 31)
+
+CityName = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=NAME_MAX_CHARS, pattern=NAME_PATTERN)
+]
+UnitName = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=NAME_MAX_CHARS, pattern=NAME_PATTERN)
+]
+CaseId = Annotated[bytes, msgspec.Meta(min_length=CASE_ID_BYTES, max_length=CASE_ID_BYTES)]
+Timestamp = Annotated[int, msgspec.Meta(ge=0, le=MAX_I64)]
+"""Unix seconds."""
+Digest = Annotated[bytes, msgspec.Meta(min_length=DIGEST_BYTES, max_length=DIGEST_BYTES)]
+"""A SHA-256 digest."""
+Signature = Annotated[bytes, msgspec.Meta(min_length=SIGNATURE_BYTES, max_length=SIGNATURE_BYTES)]
+"""An Ed25519 signature (see :mod:`protocol.signing`)."""
+
+_CONTROL_CHARS: Final = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
+_LINE_BREAKING: Final = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff\u2028\u2029]")
+# Bidirectional embeddings, overrides and isolates can disguise a label ("Trojan Source").
+_BIDI_CONTROLS: Final = re.compile(r"[\u202a-\u202e\u2066-\u2069]")
+
+
+def require(condition: bool, message: str) -> None:
+    """Raise ``invalid_field`` with ``message`` unless ``condition`` holds.
+
+    Raises:
+        LocalProtocolError: ``invalid_field``.
+    """
+    if not condition:
+        raise LocalProtocolError(ErrorCode.INVALID_FIELD, message)
+
+
+def check_text(value: str, field: str, *, required: bool = False, line: bool = False) -> None:
+    """Refuse control characters (all of them in a single-line field) and, if required, blanks.
+
+    Args:
+        value: the text.
+        field: the field's name, for the error message.
+        required: the text must hold something other than white space.
+        line: a single-line field: no line break of any kind either.
+
+    Raises:
+        LocalProtocolError: ``invalid_field``.
+    """
+    pattern = _LINE_BREAKING if line else _CONTROL_CHARS
+    require(pattern.search(value) is None, f"{field} holds a control character")
+    if required:
+        require(bool(value.strip()), f"{field} must not be blank")
+
+
+def check_label(value: str, field: str) -> None:
+    """Check a one-line label that a person reads before acting on it (a name, a title).
+
+    It must not be blank and holds no control, line-breaking or bidirectional control character,
+    so that it shows what it holds.
+
+    Raises:
+        LocalProtocolError: ``invalid_field``.
+    """
+    check_text(value, field, required=True, line=True)
+    require(_BIDI_CONTROLS.search(value) is None, f"{field} holds a bidirectional control")
+
+
+def check_date(value: datetime.date | None, field: str) -> None:
+    """Check that a date, if given, lies between :data:`FIRST_DATE` and :data:`LAST_DATE`.
+
+    Raises:
+        LocalProtocolError: ``invalid_field``.
+    """
+    if value is not None:
+        require(
+            FIRST_DATE <= value <= LAST_DATE,
+            f"{field} must lie between {FIRST_DATE} and {LAST_DATE}",
+        )
