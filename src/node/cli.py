@@ -8,12 +8,28 @@ exit status; they never contain personal data.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import logging
+import signal
 import sys
+import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
+from typing import Any
 
+from node.cli_membership import register as register_membership
+from node.cli_support import add_common, config_of, emit, with_node
+from node.errors import NodeError
+from node.keystore import KDF_PROFILES
+from node.logs import configure_logging
+from node.provision import create_node
+from node.secrets_source import read_operator_secret
+from node.service import Node, serve
+from node.storage.database import Database
+from node.storage.outbox_store import OutboxStore
 from protocol.cases import Role, mermaid
+from protocol.errors import ProtocolError
+from protocol.keys import fingerprint
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -29,9 +45,94 @@ def _cmd_flow(args: argparse.Namespace) -> int:
     return 0
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, help="the node's TOML configuration file")
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
+def _cmd_init(args: argparse.Namespace) -> int:
+    """Create the node: data directory, keys, database, first key-history entries."""
+    config = config_of(args)
+    secret = read_operator_secret(secret_file=args.secret_file, new=True)
+    digits = asyncio.run(create_node(config, secret, kdf_params=KDF_PROFILES[args.kdf]))
+    emit(
+        args,
+        {"city": config.city, "data_dir": str(config.data_dir), "fingerprint": digits},
+        f"Initialised {config.city} in {config.data_dir}\nFingerprint (read it out to the "
+        f"other operators): {digits}",
+    )
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    """Run the node until SIGTERM or SIGINT."""
+    config = config_of(args)
+    secret = read_operator_secret(secret_file=args.secret_file)
+
+    async def run() -> None:
+        node = await Node.open(config, secret)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        try:
+            await serve(node, stop)
+        finally:
+            await node.close()
+
+    asyncio.run(run())
+    return 0
+
+
+def _cmd_keys_show(args: argparse.Namespace) -> int:
+    """Show the node's public keys and fingerprint (the keystore must be unlocked)."""
+
+    async def load(node: Node) -> dict[str, Any]:
+        log = await node.history.load()
+        identity = node.own.identity_stored
+        city = node.config.city
+        return {
+            "city": city,
+            "fingerprint": fingerprint(city, identity.public_key),
+            "identity_key_id": identity.key_id.hex(),
+            "encryption_keys": [
+                {"key_id": k.key_id.hex(), "epoch": k.epoch} for k in node.own.encryption
+            ],
+            "tls_pin": node.tls.pin().hex(),
+            "key_log": {"size": log.size, "head": log.head.hex()},
+            "agreement_version": node.trust().agreement.version if node.has_agreement() else None,
+        }
+
+    doc = with_node(args, load)
+    lines = [f"{key}: {value}" for key, value in doc.items()]
+    emit(args, doc, "\n".join(lines))
+    return 0
+
+
+def _cmd_outbox_status(args: argparse.Namespace) -> int:
+    """Show the outbox per peer (reads the database only; no secret needed)."""
+    config = config_of(args)
+
+    async def load() -> list[dict[str, Any]]:
+        db = await Database.connect(config.database.url)
+        try:
+            store = OutboxStore(db, time.time, limits=config.limits)
+            return [
+                {
+                    "peer": st.peer,
+                    "counts": {state.value: n for state, n in st.counts.items()},
+                    "oldest_undelivered_age_s": st.oldest_undelivered_age_s,
+                    "overdue": st.overdue,
+                }
+                for st in await store.status()
+            ]
+        finally:
+            await db.close()
+
+    peers = asyncio.run(load())
+    lines = [
+        f"{p['peer']}: "
+        + ", ".join(f"{k} {v}" for k, v in sorted(p["counts"].items()))
+        + (f" (overdue {p['overdue']})" if p["overdue"] else "")
+        for p in peers
+    ] or ["outbox empty"]
+    emit(args, {"peers": peers}, "\n".join(lines))
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     flow = sub.add_parser("flow", help="draw the case state machine (Mermaid)")
-    _common(flow)
+    add_common(flow)
     flow.add_argument("--format", choices=["mermaid"], default="mermaid")
     flow.add_argument(
         "--role",
@@ -51,14 +152,47 @@ def build_parser() -> argparse.ArgumentParser:
         help="draw what one end sends and receives (default: the flow with each sender)",
     )
     flow.set_defaults(handler=_cmd_flow)
+
+    init = sub.add_parser("init", help="create the node: keys, database, fingerprint")
+    add_common(init)
+    init.add_argument(
+        "--kdf",
+        choices=sorted(KDF_PROFILES),
+        default="moderate",
+        help="Argon2id cost protecting the keystore (moderate: production; interactive: demos)",
+    )
+    init.set_defaults(handler=_cmd_init)
+
+    serve_cmd = sub.add_parser("serve", help="run the node")
+    add_common(serve_cmd)
+    serve_cmd.set_defaults(handler=_cmd_serve)
+
+    keys = sub.add_parser("keys", help="the node's keys")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    keys_show = keys_sub.add_parser("show", help="public keys, fingerprint, key-log head")
+    add_common(keys_show)
+    keys_show.set_defaults(handler=_cmd_keys_show)
+
+    outbox = sub.add_parser("outbox", help="the outgoing queue")
+    outbox_sub = outbox.add_subparsers(dest="outbox_command", required=True, metavar="ACTION")
+    status = outbox_sub.add_parser("status", help="messages per peer and delivery state")
+    add_common(status)
+    status.set_defaults(handler=_cmd_outbox_status)
+
+    register_membership(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``citynode`` with ``argv`` (default: the process arguments) and return its exit code."""
     args = build_parser().parse_args(argv)
+    configure_logging(logging.INFO if args.command == "serve" else logging.WARNING)
     handler: Handler = args.handler
-    return handler(args)
+    try:
+        return handler(args)
+    except (NodeError, ProtocolError) as e:
+        print(f"citynode: {e.code}: {e.message}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -151,6 +151,14 @@ PRODUCTION_KDF: Final = KdfParams(
 )
 """libsodium's MODERATE: 3 passes over 256 MiB, about half a second, once per start."""
 
+INTERACTIVE_KDF: Final = KdfParams(
+    opslimit=argon2id.OPSLIMIT_INTERACTIVE, memlimit=argon2id.MEMLIMIT_INTERACTIVE
+)
+"""libsodium's INTERACTIVE: 2 passes over 64 MiB. For demos, laptops and tests: a stolen data
+directory is then cheaper to attack by guessing the secret; production nodes keep MODERATE."""
+
+KDF_PROFILES: Final = {"moderate": PRODUCTION_KDF, "interactive": INTERACTIVE_KDF}
+
 
 class KeyFileKind(IntEnum):
     """The kind byte of a key file; 1 and 2 equal :class:`protocol.keys.KeyKind`."""

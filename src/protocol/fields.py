@@ -57,6 +57,9 @@ _CONTROL_CHARS: Final = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]"
 _LINE_BREAKING: Final = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff\u2028\u2029]")
 # Bidirectional embeddings, overrides and isolates can disguise a label ("Trojan Source").
 _BIDI_CONTROLS: Final = re.compile(r"[\u202a-\u202e\u2066-\u2069]")
+# The same rules restricted to ASCII, as bytes to delete: what the patterns above match there.
+_ASCII_CONTROL_CHARS: Final = bytes([*range(0x00, 0x09), *range(0x0B, 0x20), 0x7F])
+_ASCII_LINE_BREAKING: Final = bytes([*range(0x00, 0x20), 0x7F])
 
 
 def require(condition: bool, message: str) -> None:
@@ -67,6 +70,23 @@ def require(condition: bool, message: str) -> None:
     """
     if not condition:
         raise LocalProtocolError(ErrorCode.INVALID_FIELD, message)
+
+
+def _holds_control(value: str, line: bool) -> bool:
+    """Whether ``value`` holds a character that :data:`_CONTROL_CHARS` (or, for a single-line
+    field, :data:`_LINE_BREAKING`) matches.
+
+    Two exact fast paths before the pattern, since every message field goes through here: ASCII
+    text is checked by deleting the ASCII characters of the rule in C and comparing lengths; other
+    text that ``str.isprintable`` accepts holds no character of category Cc, Cf, Cs, Zl or Zp, so
+    none that either pattern (or :data:`_BIDI_CONTROLS`) matches.
+    """
+    if value.isascii():
+        delete = _ASCII_LINE_BREAKING if line else _ASCII_CONTROL_CHARS
+        return len(value.encode("ascii").translate(None, delete)) != len(value)
+    if value.isprintable():
+        return False
+    return (_LINE_BREAKING if line else _CONTROL_CHARS).search(value) is not None
 
 
 def check_text(value: str, field: str, *, required: bool = False, line: bool = False) -> None:
@@ -80,11 +100,32 @@ def check_text(value: str, field: str, *, required: bool = False, line: bool = F
 
     Raises:
         LocalProtocolError: ``invalid_field``.
+        TypeError: ``value`` is not a ``str`` (a caller's bug; decoding never gives one).
     """
-    pattern = _LINE_BREAKING if line else _CONTROL_CHARS
-    require(pattern.search(value) is None, f"{field} holds a control character")
-    if required:
-        require(bool(value.strip()), f"{field} must not be blank")
+    if not isinstance(value, str):
+        raise TypeError(f"{field} must be a str")
+    if _holds_control(value, line):
+        raise LocalProtocolError(ErrorCode.INVALID_FIELD, f"{field} holds a control character")
+    # str.strip() and str.isspace() agree on what white space is.
+    if required and (not value or value.isspace()):
+        raise LocalProtocolError(ErrorCode.INVALID_FIELD, f"{field} must not be blank")
+
+
+def check_lines(values: tuple[str, ...], field: str) -> None:
+    """Check each of several required one-line texts, as ``check_text(required=True, line=True)``.
+
+    The control-character rule runs once over the texts joined: joining adds no character, so
+    the joined text holds one exactly when one of the texts does.
+
+    Raises:
+        LocalProtocolError: ``invalid_field``.
+        TypeError: an item is not a ``str`` (a caller's bug; decoding never gives one).
+    """
+    if _holds_control("".join(values), line=True):
+        raise LocalProtocolError(ErrorCode.INVALID_FIELD, f"{field} holds a control character")
+    for value in values:
+        if not value or value.isspace():
+            raise LocalProtocolError(ErrorCode.INVALID_FIELD, f"{field} must not be blank")
 
 
 def check_label(value: str, field: str) -> None:
@@ -97,7 +138,8 @@ def check_label(value: str, field: str) -> None:
         LocalProtocolError: ``invalid_field``.
     """
     check_text(value, field, required=True, line=True)
-    require(_BIDI_CONTROLS.search(value) is None, f"{field} holds a bidirectional control")
+    if not value.isascii() and _BIDI_CONTROLS.search(value) is not None:
+        raise LocalProtocolError(ErrorCode.INVALID_FIELD, f"{field} holds a bidirectional control")
 
 
 def check_date(value: datetime.date | None, field: str) -> None:

@@ -44,12 +44,13 @@ from protocol.fields import (
     UnitName,
     check_date,
     check_label,
+    check_lines,
     check_text,
     require,
 )
 from protocol.keys import KeyId
 from protocol.limits import DEFAULT_LIMITS, Limits
-from protocol.personnummer import PersonalIdentityNumber, validate_canonical
+from protocol.personnummer import PersonalIdentityNumber, parse_canonical, validate_canonical
 
 SHORT_TEXT_CHARS: Final = 2000
 REPORT_TEXT_CHARS: Final = 20_000
@@ -234,7 +235,7 @@ class Person(_Record, frozen=True):
 
     def __post_init__(self) -> None:
         check_text(self.name, "person name", required=True, line=True)
-        validate_canonical(self.personnummer)
+        parse_canonical(self.personnummer)  # every check of validate_canonical, done once
         if self.phone is not None:
             require(
                 _PHONE.fullmatch(self.phone) is not None,
@@ -348,8 +349,7 @@ class Referral(Message, tag=3, frozen=True):
             len(self.interventions) >= 1,
             "referral interventions must hold at least one intervention",
         )
-        for intervention in self.interventions:
-            check_text(intervention, "referral intervention", required=True, line=True)
+        check_lines(self.interventions, "referral intervention")
 
 
 class Intake(Message, tag=4, frozen=True):

@@ -358,6 +358,14 @@ def _key_refusals_as_rejections() -> Iterator[None]:
         raise EnvelopeRejected(e.code, e.message) from e
 
 
+def _signer_key(verify_keys: Sequence[VerifyKey], wanted: bytes, at: int) -> VerifyKey:
+    # As _key_refusals_as_rejections around key_at, without a generator on the hot path.
+    try:
+        return key_at(verify_keys, wanted, at)
+    except RemoteProtocolError as e:
+        raise EnvelopeRejected(e.code, e.message) from e
+
+
 def open_envelope(
     data: bytes,
     *,
@@ -413,8 +421,7 @@ def open_envelope(
     private_key = _decryption_key(header, my_keys)
     plaintext = hpke.open(private_key, HPKE_INFO_PREFIX + envelope.header, envelope.sealed)
     inner = codec.decode(plaintext, _SignedBody, max_bytes=len(plaintext), what="sealed body")
-    with _key_refusals_as_rejections():
-        key = key_at(verify_keys, header.sender_key_id, header.timestamp)
+    key = _signer_key(verify_keys, header.sender_key_id, header.timestamp)
     signing.check_signature(
         key.public_key,
         Purpose.ENVELOPE,

@@ -1,0 +1,351 @@
+"""The node's database: the async engine, transactions, migrations and the health check.
+
+Owns the connection to the one database of a node (nothing is shared between cities): SQLite
+(aiosqlite) in the data directory by default, PostgreSQL (asyncpg) by URL. Invariants:
+
+* SQLite runs in WAL mode with ``synchronous=FULL`` (a committed transaction survives ``kill -9``
+  and power loss), ``foreign_keys=ON`` and a busy timeout. Write transactions start with
+  ``BEGIN IMMEDIATE``: they take the write lock first, so two writers queue on the busy timeout
+  instead of failing when one of them upgrades a read lock; read-only transactions start with a
+  plain ``BEGIN`` and never block a writer. A new database file is created ``0600``.
+* PostgreSQL may be confined to one schema (``search_path``), so several nodes, or several test
+  runs, can share a server without sharing a table.
+* Every library or driver failure leaves this module as :class:`StorageError` (code
+  ``storage_unavailable``), or :class:`StorageConflict` for a unique-constraint race, with a
+  message that names the database by its redacted URL and never carries a password, a bound
+  parameter or a row's value (the engine runs with ``hide_parameters``).
+* :meth:`Database.migrate` is the only way the schema changes: Alembic, in code (no
+  ``alembic.ini``), from the migrations shipped inside this package, in one transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, ClassVar, Final
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import event, text
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import (
+    ArgumentError,
+    DBAPIError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    SQLAlchemyError,
+)
+from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+from node.errors import NodeError
+
+logger = logging.getLogger(__name__)
+
+MIGRATIONS_DIR: Final = Path(__file__).resolve().parent / "migrations"
+SQLITE_DRIVER: Final = "sqlite+aiosqlite"
+POSTGRES_DRIVER: Final = "postgresql+asyncpg"
+SQLITE_BUSY_TIMEOUT_MS: Final = 10_000
+CHECK_TIMEOUT_S: Final = 2.0
+_READ_ONLY: Final = "citynode_read_only"  # execution option marking read-only transactions
+_SCHEMA_NAME: Final = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_REASON_CHARS: Final = 200
+
+
+class StorageError(NodeError):
+    """The database could not do what was asked: unreachable, locked, full or misconfigured."""
+
+    code: ClassVar[str] = "storage_unavailable"
+
+
+class StorageConflict(StorageError):
+    """A write collided with a row that already exists (a unique constraint): nothing was kept."""
+
+    code: ClassVar[str] = "storage_conflict"
+
+
+class Database:
+    """One node's database: an async engine and its sessions.
+
+    Build one with :meth:`connect`; bring the schema up to date with :meth:`migrate`; run work in
+    :meth:`transaction` (writes) or :meth:`reading` (reads); end with :meth:`close`.
+    """
+
+    def __init__(self, engine: AsyncEngine, redacted_url: str, schema: str | None) -> None:
+        self._engine = engine
+        self._writer = async_sessionmaker(engine, expire_on_commit=False)
+        self._reader = async_sessionmaker(
+            engine.execution_options(**{_READ_ONLY: True}), expire_on_commit=False
+        )
+        self.redacted_url = redacted_url
+        self.schema = schema
+
+    @classmethod
+    async def connect(cls, url: str, *, schema: str | None = None) -> Database:
+        """Create the engine and check that the database answers.
+
+        Args:
+            url: ``sqlite+aiosqlite:////abs/path.sqlite3`` or ``postgresql+asyncpg://...``.
+            schema: PostgreSQL only: the schema to work in (created by :meth:`migrate`).
+
+        Returns:
+            The connected database.
+
+        Raises:
+            StorageError: an unsupported URL or schema name, or the database does not answer.
+        """
+        try:
+            parsed = make_url(url)
+        except ArgumentError as e:
+            raise StorageError("the database URL does not parse") from e
+        redacted = parsed.render_as_string(hide_password=True)
+        if parsed.drivername == SQLITE_DRIVER:
+            if schema is not None:
+                raise StorageError("a schema can only be given for PostgreSQL")
+            engine = _sqlite_engine(url, parsed.database)
+        elif parsed.drivername == POSTGRES_DRIVER:
+            engine = _postgres_engine(url, schema)
+        else:
+            raise StorageError(
+                f"unsupported database driver {parsed.drivername!r}: "
+                f"use {SQLITE_DRIVER} or {POSTGRES_DRIVER}"
+            )
+        database = cls(engine, redacted, schema)
+        try:
+            await database.check()
+        except StorageError:
+            await engine.dispose()
+            raise
+        return database
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """The async engine (for tools and tests that need a raw connection)."""
+        return self._engine
+
+    @property
+    def dialect(self) -> str:
+        """``"sqlite"`` or ``"postgresql"``."""
+        return self._engine.dialect.name
+
+    @asynccontextmanager
+    async def transaction(self, session: AsyncSession | None = None) -> AsyncIterator[AsyncSession]:
+        """Run a unit of work that writes: committed at the end, rolled back on any error.
+
+        Args:
+            session: a session of a transaction already open (from this method); the work then
+                joins it and commits with it. ``None`` opens a new transaction.
+
+        Yields:
+            The session to work in.
+
+        Raises:
+            StorageConflict: a unique constraint refused a row (the transaction rolled back).
+            StorageError: any other database failure (the transaction rolled back).
+        """
+        if session is not None:
+            yield session
+            return
+        async with self._wrapped("transaction"), self._writer() as new, new.begin():
+            yield new
+
+    @asynccontextmanager
+    async def reading(self) -> AsyncIterator[AsyncSession]:
+        """Run a read-only unit of work (it never waits for, or blocks, a writer on SQLite).
+
+        Yields:
+            The session to read in.
+
+        Raises:
+            StorageError: a database failure.
+        """
+        async with self._wrapped("read"), self._reader() as new, new.begin():
+            yield new
+
+    async def migrate(self) -> tuple[str | None, str]:
+        """Bring the schema to the newest revision shipped with the code (Alembic ``head``).
+
+        Creates the PostgreSQL schema first when one was given. Runs in one transaction.
+
+        Returns:
+            The revision before (``None`` for an empty database) and the revision now.
+
+        Raises:
+            StorageError: the migration failed; nothing of it was kept.
+        """
+        async with self._wrapped("migration"), self._engine.begin() as connection:
+            if self.schema is not None:
+                await _ensure_schema(connection, self.schema)
+            before = await connection.run_sync(_current_revision)
+            await connection.run_sync(_upgrade_to_head)
+            after = await connection.run_sync(_current_revision)
+        if before != after:
+            logger.info("database schema upgraded from %s to %s", before or "empty", after)
+        if after is None:  # pragma: no cover - the package always ships a revision
+            raise StorageError("the migrations produced no revision")
+        return before, after
+
+    async def current_revision(self) -> str | None:
+        """Return the schema's Alembic revision, or ``None`` for an empty database.
+
+        Raises:
+            StorageError: the database could not be read.
+        """
+        async with self._wrapped("revision check"), self._engine.connect() as connection:
+            return await connection.run_sync(_current_revision)
+
+    async def check(self, timeout_s: float = CHECK_TIMEOUT_S) -> None:
+        """Check that the database answers a ``SELECT 1`` within ``timeout_s`` (for /healthz).
+
+        Raises:
+            StorageError: it did not answer, or answered with an error.
+        """
+        try:
+            async with (
+                asyncio.timeout(timeout_s),
+                self._wrapped("health check"),
+                self._engine.connect() as connection,
+            ):
+                await connection.execute(text("SELECT 1"))
+        except TimeoutError as e:
+            raise StorageError(
+                f"database {self.redacted_url} did not answer within {timeout_s:g} s"
+            ) from e
+
+    async def close(self) -> None:
+        """Close every pooled connection. The object must not be used afterwards."""
+        await self._engine.dispose()
+
+    @asynccontextmanager
+    async def _wrapped(self, what: str) -> AsyncIterator[None]:
+        """Turn library and driver failures into :class:`StorageError` (no values, no password)."""
+        try:
+            yield
+        except IntegrityError as e:
+            raise StorageConflict(
+                f"database {self.redacted_url}: {what} refused by a unique or check constraint"
+            ) from e
+        except (SQLAlchemyError, OSError) as e:
+            raise StorageError(f"database {self.redacted_url}: {what} failed: {_reason(e)}") from e
+
+
+def head_revision() -> str:
+    """Return the newest revision shipped with the code (what :meth:`Database.migrate` reaches)."""
+    head = ScriptDirectory.from_config(alembic_config(None)).get_current_head()
+    if head is None:  # pragma: no cover - the package always ships a revision
+        raise StorageError("no migrations are shipped with this package")
+    return head
+
+
+def _reason(error: BaseException) -> str:
+    """Say why, without a value: only connection-level driver messages are quoted, first line.
+
+    Driver messages about data (a bad value, a violated constraint) can quote the value; messages
+    about reaching the database (refused, authentication failed, locked, unable to open) do not.
+    """
+    name = type(error).__name__
+    if isinstance(error, DBAPIError):
+        original = error.orig
+        name = type(original).__name__
+        if error.connection_invalidated or isinstance(error, OperationalError | InterfaceError):
+            first_line = str(original).strip().splitlines()[0] if str(original).strip() else ""
+            return f"{name}: {first_line[:_REASON_CHARS]}" if first_line else name
+        return name
+    if isinstance(error, OSError) and error.strerror:
+        return f"{name}: {error.strerror}"
+    return name
+
+
+def alembic_config(connection: Connection | None) -> Config:
+    """Return the Alembic configuration, built in code (there is no ``alembic.ini``).
+
+    Args:
+        connection: the open connection the migrations run on (``None`` to only read scripts).
+
+    Returns:
+        A configuration whose ``script_location`` is the migrations shipped in this package.
+    """
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.attributes["connection"] = connection
+    return config
+
+
+def _upgrade_to_head(connection: Connection) -> None:
+    command.upgrade(alembic_config(connection), "head")
+
+
+def _current_revision(connection: Connection) -> str | None:
+    return MigrationContext.configure(connection).get_current_revision()
+
+
+async def _ensure_schema(connection: AsyncConnection, schema: str) -> None:
+    """Create the PostgreSQL schema unless it exists (creating needs a privilege using it does
+    not: a schema made by the database administrator is used as it is)."""
+    exists = await connection.scalar(
+        text("SELECT 1 FROM pg_namespace WHERE nspname = :schema"), {"schema": schema}
+    )
+    if exists is None:
+        await connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+
+
+def _sqlite_engine(url: str, path: str | None) -> AsyncEngine:
+    if path and path != ":memory:" and not path.startswith("file:"):
+        _create_private_file(Path(path))
+    engine = create_async_engine(url, hide_parameters=True)
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Take over transaction control from the driver (it would BEGIN lazily, DEFERRED).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        read_only = connection.get_execution_options().get(_READ_ONLY, False)
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+    return engine
+
+
+def _create_private_file(path: Path) -> None:
+    """Create an empty database file readable by the node's user only (a no-op if it exists).
+
+    SQLite gives its ``-wal`` and ``-shm`` files the mode of the database file.
+    """
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except FileExistsError:
+        return
+    except OSError as e:
+        raise StorageError(f"cannot create the database file {path}: {e.strerror}") from e
+    os.close(fd)
+
+
+def _postgres_engine(url: str, schema: str | None) -> AsyncEngine:
+    connect_args: dict[str, Any] = {}
+    if schema is not None:
+        if not _SCHEMA_NAME.fullmatch(schema):
+            raise StorageError(f"schema name must match {_SCHEMA_NAME.pattern}")
+        connect_args["server_settings"] = {"search_path": schema}
+    return create_async_engine(
+        url, hide_parameters=True, pool_pre_ping=True, connect_args=connect_args
+    )

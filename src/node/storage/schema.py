@@ -1,0 +1,195 @@
+"""The node's database schema: one declarative model per table, portable to SQLite and PostgreSQL.
+
+Owns the shape of every stored row. The Alembic revisions in ``migrations/versions`` create exactly
+this schema (a test compares them with autogenerate), so a change here needs a new revision.
+
+Conventions (every table):
+
+* Bytes are ``LargeBinary`` (BLOB / BYTEA); ids of cases and messages are 16 bytes, hashes 32.
+* Times are Unix seconds as ``Double`` (REAL / DOUBLE PRECISION), named ``*_at``; the header
+  timestamp a peer signed is an integer number of seconds, stored exactly in the same type.
+* Sequence numbers are ``BigInteger`` (``INTEGER`` on SQLite, which only auto-increments an
+  ``INTEGER PRIMARY KEY``); ``sqlite_autoincrement`` keeps them strictly increasing even after the
+  newest row is deleted, so the outbox order is a total order forever.
+* Enumerations are short strings with a ``CHECK`` constraint, never database enum types, so the
+  same migrations run on both backends.
+* Constraint and index names follow :data:`NAMING_CONVENTION`, so migrations can name them.
+
+What is sensitive, and where it lives: the identity of a person (``cases.sealed_identity``) and the
+content of every received message (``inbox.payload``) are encrypted by :mod:`node.storage.vault`
+under a per-case key, itself stored only wrapped by the node's data key (``cases.wrapped_key``),
+which lives in the keystore, never in the database. The rest is routing metadata (cities, units,
+opaque 16-byte ids, times, states). There are deliberately no foreign keys from the delivery
+tables to ``cases``: a receipt is evidence that outlives the case it was about.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Double,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from node.delivery import DeliveryState
+from protocol.cases import CaseState, Role
+
+NAMING_CONVENTION: Final = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+ID_BYTES: Final = 16
+HASH_BYTES: Final = 32
+NAME_CHARS: Final = 64  # a city or unit name (protocol CityName / UnitName)
+TYPE_CHARS: Final = 32  # a message type name such as "progress_report"
+CODE_CHARS: Final = 64  # an error code
+STATE_CHARS: Final = 16
+ENDPOINT_CHARS: Final = 2048
+
+# An auto-incrementing 64-bit key on PostgreSQL, the rowid alias on SQLite.
+SequenceNumber = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def _one_of(column: str, values: list[str]) -> str:
+    """A CHECK expression allowing only ``values`` (our own enum members, never user input)."""
+    quoted = ", ".join(f"'{value}'" for value in values)
+    return f"{column} IN ({quoted})"
+
+
+DELIVERY_STATES: Final = [state.value for state in DeliveryState]
+CASE_STATES: Final = [state.value for state in CaseState]
+ROLES: Final = [role.value for role in Role]
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every table, carrying the naming convention."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class OutboxRow(Base):
+    """One sealed envelope to send: the global FIFO queue, and the evidence once receipted."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (
+        Index("ix_outbox_peer_state_seq", "peer", "state", "seq"),
+        CheckConstraint(_one_of("state", DELIVERY_STATES), name="state"),
+        CheckConstraint("attempts >= 0", name="attempts"),
+        {"sqlite_autoincrement": True},
+    )
+
+    seq: Mapped[int] = mapped_column(SequenceNumber, primary_key=True, autoincrement=True)
+    peer: Mapped[str] = mapped_column(String(NAME_CHARS))
+    case_id: Mapped[bytes | None] = mapped_column(LargeBinary(ID_BYTES), index=True)
+    message_id: Mapped[bytes] = mapped_column(LargeBinary(ID_BYTES), unique=True)
+    message_type: Mapped[str] = mapped_column(String(TYPE_CHARS))
+    envelope: Mapped[bytes] = mapped_column(LargeBinary)
+    state: Mapped[str] = mapped_column(String(STATE_CHARS))
+    attempts: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[float] = mapped_column(Double)
+    last_attempt_at: Mapped[float | None] = mapped_column(Double)
+    receipted_at: Mapped[float | None] = mapped_column(Double)
+    last_error: Mapped[str | None] = mapped_column(String(CODE_CHARS))
+    receipt: Mapped[bytes | None] = mapped_column(LargeBinary)
+
+
+class InboxRow(Base):
+    """One envelope received and accepted: the exactly-once record and the evidence.
+
+    ``payload`` is the verified header, body and signature, sealed at rest by the vault.
+    """
+
+    __tablename__ = "inbox"
+    __table_args__ = (
+        UniqueConstraint("sender", "message_id"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(SequenceNumber, primary_key=True, autoincrement=True)
+    sender: Mapped[str] = mapped_column(String(NAME_CHARS))
+    message_id: Mapped[bytes] = mapped_column(LargeBinary(ID_BYTES))
+    envelope_hash: Mapped[bytes] = mapped_column(LargeBinary(HASH_BYTES))
+    message_type: Mapped[str] = mapped_column(String(TYPE_CHARS))
+    case_id: Mapped[bytes | None] = mapped_column(LargeBinary(ID_BYTES), index=True)
+    header_timestamp: Mapped[float] = mapped_column(Double)
+    received_at: Mapped[float] = mapped_column(Double)
+    payload: Mapped[bytes] = mapped_column(LargeBinary)
+    receipt: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class ReplayGuardRow(Base):
+    """A (sender, message id) seen, kept until its signed timestamp leaves the accepted window."""
+
+    __tablename__ = "replay_guard"
+
+    sender: Mapped[str] = mapped_column(String(NAME_CHARS), primary_key=True)
+    message_id: Mapped[bytes] = mapped_column(LargeBinary(ID_BYTES), primary_key=True)
+    expires_at: Mapped[float] = mapped_column(Double, index=True)
+
+
+class CaseRow(Base):
+    """A case this node is a party to, and its wrapped data key (NULL once shredded)."""
+
+    __tablename__ = "cases"
+    __table_args__ = (
+        CheckConstraint(_one_of("role", ROLES), name="role"),
+        CheckConstraint(_one_of("state", CASE_STATES), name="state"),
+    )
+
+    case_id: Mapped[bytes] = mapped_column(LargeBinary(ID_BYTES), primary_key=True)
+    role: Mapped[str] = mapped_column(String(STATE_CHARS))
+    peer: Mapped[str] = mapped_column(String(NAME_CHARS))
+    unit: Mapped[str] = mapped_column(String(NAME_CHARS))
+    state: Mapped[str] = mapped_column(String(TYPE_CHARS))
+    created_at: Mapped[float] = mapped_column(Double)
+    updated_at: Mapped[float] = mapped_column(Double)
+    closed_at: Mapped[float | None] = mapped_column(Double)
+    wrapped_key: Mapped[bytes | None] = mapped_column(LargeBinary)
+    sealed_identity: Mapped[bytes | None] = mapped_column(LargeBinary)
+
+
+class PeerRow(Base):
+    """Another member city: where to reach it and its key bundle as last fetched."""
+
+    __tablename__ = "peers"
+
+    city: Mapped[str] = mapped_column(String(NAME_CHARS), primary_key=True)
+    endpoint: Mapped[str] = mapped_column(String(ENDPOINT_CHARS))
+    bundle: Mapped[bytes | None] = mapped_column(LargeBinary)
+    bundle_sequence: Mapped[int | None] = mapped_column(BigInteger)
+    tls_certificates: Mapped[bytes | None] = mapped_column(LargeBinary)
+    fingerprint_verified_at: Mapped[float | None] = mapped_column(Double)
+    last_seen_at: Mapped[float | None] = mapped_column(Double)
+
+
+class AgreementRow(Base):
+    """One adopted version of the signed agreement."""
+
+    __tablename__ = "agreements"
+
+    version: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    signed: Mapped[bytes] = mapped_column(LargeBinary)
+    adopted_at: Mapped[float] = mapped_column(Double)
+
+
+class KeyLogRow(Base):
+    """One entry of the node's key-history log (the encoded ``protocol.keylog`` entry)."""
+
+    __tablename__ = "key_log"
+
+    index: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    entry: Mapped[bytes] = mapped_column(LargeBinary)
+    appended_at: Mapped[float] = mapped_column(Double)
