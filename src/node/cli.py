@@ -19,6 +19,7 @@ from typing import Any
 
 from node.cli_membership import register as register_membership
 from node.cli_support import add_common, config_of, emit, with_node
+from node.cli_users import register as register_users
 from node.errors import NodeError
 from node.keystore import KDF_PROFILES
 from node.logs import configure_logging
@@ -180,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(handler=_cmd_outbox_status)
 
     register_membership(sub)
+    register_users(sub)
     return parser
 
 

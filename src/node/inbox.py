@@ -141,7 +141,9 @@ class InboxProcessor:
         )
 
         async def apply(session: AsyncSession) -> None:
-            await self._ledger.on_received(session, peer, opened.message)
+            await self._ledger.on_received(
+                session, peer, opened.message, message_id=opened.header.message_id, at=now
+            )
 
         return Arrival(opened=opened, receipt=receipt, received_at=now, apply=apply)
 

@@ -5,8 +5,10 @@ Owns :class:`Outgoing`, the one way the node sends a protocol message to a peer.
 * A message is sealed once, when it is queued, to the peer's current encryption key; the outbox
   keeps exactly those bytes and every retry sends them again (so the receiver can recognise a
   duplicate by its hash). Encryption keys outlive the longest retry (checked in ``config``).
-* The case change (``CaseLedger.on_sent``) and the outbox row are written in one transaction:
-  a case never shows a step whose message is not queued, and a queued message is never lost.
+* The case change (``CaseLedger.on_sent``, which also records the message in the case's journal),
+  the caller's own changes (``also``: the audit entry of the action) and the outbox row are
+  written in one transaction: a case never shows a step whose message is not queued, a queued
+  message is never lost, and no action is done without its audit entry.
 * The sender loop of the peer is woken after the commit, never before.
 * Message ids (128 bits) and HPKE ephemeral keys come from the OS RNG (``secrets``), passed into
   the pure protocol functions.
@@ -16,10 +18,11 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from node.case_ledger import CaseLedger, case_id_of
 from node.storage.database import Database
@@ -33,6 +36,9 @@ logger = logging.getLogger(__name__)
 
 MESSAGE_ID_BYTES = 16
 EPHEMERAL_KEY_BYTES = 32
+
+AlsoInTransaction = Callable[[AsyncSession], Awaitable[None]]
+"""The caller's own changes, committed with the message (or not at all)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,12 +95,16 @@ class Outgoing:
         self._limits = limits
         self._random_bytes = random_bytes
 
-    async def send(self, peer: str, message: Message) -> Queued:
+    async def send(
+        self, peer: str, message: Message, also: AlsoInTransaction | None = None
+    ) -> Queued:
         """Seal ``message`` to ``peer`` and queue it, applying it to its case.
 
         Args:
             peer: the recipient city (a member of the adopted agreement).
             message: the typed message.
+            also: the caller's changes, run last in the same transaction (the audit entry of
+                the action); nothing is queued if it raises.
 
         Returns:
             Where it was queued.
@@ -121,7 +131,7 @@ class Outgoing:
             limits=self._limits,
         )
         async with self._db.transaction() as session:
-            await self._ledger.on_sent(session, peer, message)
+            await self._ledger.on_sent(session, peer, message, message_id=message_id, at=now)
             seq = await self._outbox.enqueue(
                 session,
                 peer=peer,
@@ -131,6 +141,8 @@ class Outgoing:
                 envelope=envelope,
                 now=now,
             )
+            if also is not None:  # last: the audit trail's lock is held until the commit
+                await also(session)
         self._notify(peer)
         logger.info("TX [%s] queued %s", peer, message_type_name(message))
         return Queued(seq=seq, message_id=message_id)

@@ -7,9 +7,10 @@ Owns the wiring of the node's parts (no part reaches for another through a globa
   keys and key-history log, and the current :class:`~node.trust.TrustState`. Operator commands
   use it without listening on any port.
 * :func:`serve` — the running node: the federation listener (mutual TLS, pinned peers), the
-  operator listener (``/healthz``, ``/metrics``), one sender loop per peer, and a heartbeat that
-  fetches each peer's key package every few seconds — which keeps the peers' keys fresh and tells
-  a peer that comes back that we are here (its sender loop then retries at once).
+  API listener (``/healthz``, ``/metrics`` and the case API under ``/api/v1``, bearer tokens),
+  one sender loop per peer, and a heartbeat that fetches each peer's key package every few
+  seconds — which keeps the peers' keys fresh and tells a peer that comes back that we are here
+  (its sender loop then retries at once).
 
 Nothing is served before an agreement has been adopted: without one the node has no peers.
 """
@@ -28,7 +29,14 @@ from typing import Final
 
 from aiohttp import web
 
+from node.api.app import create_case_api
+from node.api.openapi import PREFIX as API_PREFIX
+from node.attachment_store import AttachmentStore
+from node.audit import AuditTrail
 from node.case_ledger import CaseLedger
+from node.cases.journal import CaseJournal
+from node.cases.rules import CaseRules
+from node.cases.service import CaseService
 from node.config import NodeConfig
 from node.errors import NodeError
 from node.federation.client import FederationClient, PeerEndpoint
@@ -54,6 +62,7 @@ from node.storage.schema import AgreementRow
 from node.storage.vault import CaseVault
 from node.tls_material import TlsMaterial
 from node.trust import TrustState
+from node.users import UserStore
 from protocol.agreement import VerifiedAgreement, verify_chain
 from protocol.errors import ProtocolError
 from protocol.key_bundle import VerifiedKeyBundle, verify_bundle
@@ -63,6 +72,7 @@ from protocol.sealing import DecryptionKey, envelope_hash, verify_receipt
 logger = logging.getLogger(__name__)
 
 HEARTBEAT_S: Final = 2.0
+HOUSEKEEPING_S: Final = 60.0
 
 
 class NoAgreement(NodeError):
@@ -90,10 +100,20 @@ class Node:
     outbox: OutboxStore
     peers: PeerStore
     history: KeyHistory
-    ledger: CaseLedger
+    journal: CaseJournal
+    attachments: AttachmentStore
+    ledger: CaseLedger = field(init=False)
     _trust: TrustState | None = None
     _bundle: bytes | None = None
     _decryption: Mapping[bytes, DecryptionKey] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        rules = CaseRules(
+            city=self.config.city, agreement=lambda: self.trust().agreement, today=self.today
+        )
+        self.ledger = CaseLedger(
+            city=self.config.city, cases=self.cases, journal=self.journal, rules=rules
+        )
 
     @classmethod
     async def open(
@@ -128,7 +148,8 @@ class Node:
             outbox=OutboxStore(db, clock, limits=limits),
             peers=PeerStore(db),
             history=KeyHistory(db, limits.protocol),
-            ledger=CaseLedger(cases),
+            journal=CaseJournal(db, vault, limits.protocol),
+            attachments=AttachmentStore(config.data_dir / "attachments"),
         )
         await node.reload_keys()
         await node.reload_trust()
@@ -303,8 +324,10 @@ def _peer_endpoint(node: Node) -> Callable[[str], PeerEndpoint | None]:
     return endpoint
 
 
-def _operator_app(node: Node, dispatcher: OutboxDispatcher) -> web.Application:
-    """``/healthz`` and ``/metrics`` (the case API joins this listener)."""
+def _operator_app(
+    node: Node, dispatcher: OutboxDispatcher, api: web.Application
+) -> web.Application:
+    """``/healthz``, ``/metrics`` and the case API (mounted at ``/api/v1/``)."""
 
     async def healthz(request: web.Request) -> web.Response:
         try:
@@ -333,6 +356,7 @@ def _operator_app(node: Node, dispatcher: OutboxDispatcher) -> web.Application:
     app = web.Application()
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
+    app.add_subapp(API_PREFIX + "/", api)
     return app
 
 
@@ -352,6 +376,42 @@ async def _heartbeat(
             except Exception:  # the loop must not die; the reason is logged
                 logger.exception("keys [%s] heartbeat failed", city)
         await asyncio.sleep(HEARTBEAT_S)
+
+
+async def _housekeeping(node: Node) -> None:
+    """Forget replay records whose timestamp has left the window, once a minute."""
+    while True:
+        try:
+            purged = await node.inbox.purge_replay(node.clock())
+            if purged:
+                logger.info("node [%s] %d expired replay records purged", node.config.city, purged)
+        except NodeError as e:
+            logger.warning("node [%s] replay purge failed: %s", node.config.city, e.code)
+        except Exception:  # the loop must not die; the reason is logged
+            logger.exception("node [%s] housekeeping failed", node.config.city)
+        await asyncio.sleep(HOUSEKEEPING_S)
+
+
+def _case_api(node: Node, dispatcher: OutboxDispatcher) -> web.Application:
+    """The case API over this node: its users' tokens, its audit trail, its sender."""
+    audit = AuditTrail(node.db, node.clock)
+    service = CaseService(
+        city=node.config.city,
+        db=node.db,
+        cases=node.cases,
+        journal=node.journal,
+        outgoing=node.outgoing(dispatcher.notify),
+        audit=audit,
+        trust=node.trust,
+        clock=node.clock,
+    )
+    return create_case_api(
+        service,
+        UserStore(node.db, node.clock, audit=audit),
+        city=node.config.city,
+        max_body_bytes=node.config.limits.max_api_request_bytes,
+        clock=node.clock,
+    )
 
 
 async def serve(node: Node, stop: asyncio.Event) -> None:
@@ -404,12 +464,15 @@ async def serve(node: Node, stop: asyncio.Event) -> None:
         limits=config.limits,
         metrics=node.metrics,
         on_peer_seen=dispatcher.peer_seen,
-        attachments=None,
+        attachments=node.attachments,
+        attachment_source=node.attachments.source(),
     )
     ssl_context = server_context(node.tls, trust.all_peer_certificates())
     runners = [
         web.AppRunner(federation, access_log=None),
-        web.AppRunner(_operator_app(node, dispatcher), access_log=None),
+        web.AppRunner(
+            _operator_app(node, dispatcher, _case_api(node, dispatcher)), access_log=None
+        ),
     ]
     for runner in runners:
         await runner.setup()
@@ -419,12 +482,13 @@ async def serve(node: Node, stop: asyncio.Event) -> None:
         ),
         web.TCPSite(runners[1], config.api.host, config.api.port),
     ]
-    heartbeat: asyncio.Task[None] | None = None
+    background: list[asyncio.Task[None]] = []
     try:
         for site in sites:
             await site.start()
         dispatcher.start(trust.peers)
-        heartbeat = asyncio.create_task(_heartbeat(node, client, dispatcher, ssl_context))
+        background.append(asyncio.create_task(_heartbeat(node, client, dispatcher, ssl_context)))
+        background.append(asyncio.create_task(_housekeeping(node)))
         logger.info(
             "node [%s] serving: federation %s:%d, api %s:%d",
             config.city,
@@ -435,10 +499,10 @@ async def serve(node: Node, stop: asyncio.Event) -> None:
         )
         await stop.wait()
     finally:
-        if heartbeat is not None:
-            heartbeat.cancel()
+        for task in background:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await heartbeat
+                await task
         await dispatcher.stop()
         await client.close()
         for runner in runners:

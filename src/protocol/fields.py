@@ -1,7 +1,7 @@
 """Field types that the wire records of several modules share, and the text and date rules.
 
 Owns the one definition of each bounded value that more than one record carries: the city and
-unit name rule (:data:`CityName`, :data:`UnitName`), case ids, Unix timestamps, SHA-256 digests,
+unit name rule (:data:`CityName`, :data:`UnitName`), case ids, Unix timestamps, 32-byte digests,
 Ed25519 signatures, the calendar range of dates, and the rules on what a text field may hold.
 ``messages``, ``sealing``, ``keys``, ``key_bundle``, ``succession``, ``keylog`` and ``agreement``
 import them from here; none of them defines its own copy.
@@ -49,7 +49,7 @@ CaseId = Annotated[bytes, msgspec.Meta(min_length=CASE_ID_BYTES, max_length=CASE
 Timestamp = Annotated[int, msgspec.Meta(ge=0, le=MAX_I64)]
 """Unix seconds."""
 Digest = Annotated[bytes, msgspec.Meta(min_length=DIGEST_BYTES, max_length=DIGEST_BYTES)]
-"""A SHA-256 digest."""
+"""A 32-byte digest: SHA-256, or BLAKE3-256 for an attachment's content."""
 Signature = Annotated[bytes, msgspec.Meta(min_length=SIGNATURE_BYTES, max_length=SIGNATURE_BYTES)]
 """An Ed25519 signature (see :mod:`protocol.signing`)."""
 

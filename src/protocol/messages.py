@@ -273,7 +273,7 @@ class AttachmentRef(_Record, frozen=True):
             or ``..``.
         media_type: a lower-case ``type/subtype`` media type without parameters.
         size: the plaintext size in bytes.
-        sha256: SHA-256 of the whole plaintext.
+        digest: BLAKE3-256 of the whole plaintext (``protocol.attachments.content_digest``).
         key: the 32-byte per-attachment key (secret; never shown by ``repr``).
         chunk_count: the number of chunks in the stream: 1 when ``size`` is 0, otherwise at
             least 1 and at most ``size``.
@@ -285,7 +285,7 @@ class AttachmentRef(_Record, frozen=True):
     filename: Annotated[str, msgspec.Meta(min_length=1, max_length=FILENAME_CHARS)]
     media_type: Annotated[str, msgspec.Meta(min_length=3, max_length=MEDIA_TYPE_CHARS)]
     size: Annotated[int, msgspec.Meta(ge=0, le=MAX_ATTACHMENT_BYTES)]
-    sha256: Digest
+    digest: Digest
     key: Annotated[
         bytes, msgspec.Meta(min_length=ATTACHMENT_KEY_BYTES, max_length=ATTACHMENT_KEY_BYTES)
     ]

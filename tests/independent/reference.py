@@ -4,9 +4,10 @@ This module is deliberately separate from ``src/protocol``: it imports nothing f
 and was written from the specification (``docs/spec/*.md``, merged into ``docs/protocol.md``)
 and the known-answer files in ``tests/vectors/`` alone, with only the standard library, the
 ``cryptography`` primitives (X25519, Ed25519, ChaCha20-Poly1305; HMAC, HKDF and SHA-2 come from
-``hmac`` and ``hashlib``) and ``msgpack`` for raw MessagePack decoding. Its purpose is to prove
-that the spec is complete: every object is parsed by position from the field tables, every check
-runs in the order the spec gives, and the HPKE key schedule is built by hand from RFC 9180.
+``hmac`` and ``hashlib``), ``blake3`` for the attachment content digest and ``msgpack`` for raw
+MessagePack decoding. Its purpose is to prove that the spec is complete: every object is parsed
+by position from the field tables, every check runs in the order the spec gives, and the HPKE key
+schedule is built by hand from RFC 9180.
 Wherever the text was not enough, the spec was fixed (see ``README.md`` beside this file).
 
 This module holds the encoding rules, signatures and key ids (§2), HPKE, envelopes and receipts
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgpack
+from blake3 import blake3
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
@@ -491,7 +493,7 @@ def open_stream(
     key: bytes,
     attachment_id: bytes,
     chunk_count: int | None = None,
-    sha256: bytes | None = None,
+    digest: bytes | None = None,
     min_chunk: int = 64,
     max_chunk: int = 65536,
     max_chunks: int = U32_MAX,
@@ -538,8 +540,8 @@ def open_stream(
             break
     if pos != len(stream):
         raise Refused("attachment_corrupt", "after final")
-    if sha256 is not None and not hmac.compare_digest(hashlib.sha256(plain).digest(), sha256):
-        raise Refused("attachment_corrupt", "sha256")
+    if digest is not None and not hmac.compare_digest(blake3(plain).digest(), digest):
+        raise Refused("attachment_corrupt", "digest")
     return plain
 
 

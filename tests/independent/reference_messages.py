@@ -212,7 +212,7 @@ ATTACHMENT_REF = record(
         f("filename", filename),
         f("media_type", pattern(MEDIA, 3, 127)),
         f("size", integer(0, 2**48)),
-        Field("sha256", fixed_bin(32), unhex),
+        Field("digest", fixed_bin(32), unhex),
         Field("key", fixed_bin(32), unhex),
         f("chunk_count", integer(1, U32_MAX)),
     ),

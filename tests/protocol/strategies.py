@@ -163,7 +163,7 @@ def attachment_refs(draw: st.DrawFn) -> AttachmentRef:
         filename=filename,
         media_type=draw(st.sampled_from(["application/pdf", "text/plain", "image/png"])),
         size=size,
-        sha256=draw(st.binary(min_size=32, max_size=32)),
+        digest=draw(st.binary(min_size=32, max_size=32)),
         key=draw(st.binary(min_size=32, max_size=32)),
         chunk_count=draw(st.integers(1, max(1, min(size, 2**32 - 1)))),
     )
@@ -308,7 +308,7 @@ SAMPLE_ATTACHMENT = AttachmentRef(
     filename="utredning.pdf",
     media_type="application/pdf",
     size=150_000,
-    sha256=bytes(range(32)),
+    digest=bytes(range(32)),
     key=bytes(range(32, 64)),
     chunk_count=3,
 )

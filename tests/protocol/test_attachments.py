@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import itertools
 import json
@@ -11,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from blake3 import blake3
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -25,6 +25,7 @@ from protocol.attachments import (
     AttachmentReader,
     AttachmentWriter,
     chunk_count_for,
+    content_digest,
     decrypt_attachment,
     encode_header,
     encrypt_attachment,
@@ -65,7 +66,7 @@ def frames_of(stream: bytes) -> tuple[bytes, list[bytes]]:
 
 
 def refusal(
-    stream: bytes, expected_chunks: int | None = None, expected_sha256: bytes | None = None
+    stream: bytes, expected_chunks: int | None = None, expected_digest: bytes | None = None
 ) -> ErrorCode:
     """Read ``stream`` as the node would and return the code it was refused with."""
     with pytest.raises(AttachmentRejected) as caught:
@@ -74,7 +75,7 @@ def refusal(
             ATTACHMENT_ID,
             stream,
             expected_chunks=expected_chunks,
-            expected_sha256=expected_sha256,
+            expected_digest=expected_digest,
         )
     return caught.value.code
 
@@ -97,11 +98,11 @@ def test_attachment_of_any_size_round_trips_with_its_summary(size: int, chunk_si
     plaintext = bytes((i * 7 + size) % 251 for i in range(size))
     stream, sent = encrypt_attachment(KEY, ATTACHMENT_ID, plaintext, chunk_size=chunk_size)
     received, summary = decrypt_attachment(
-        KEY, ATTACHMENT_ID, stream, expected_chunks=sent.chunk_count, expected_sha256=sent.sha256
+        KEY, ATTACHMENT_ID, stream, expected_chunks=sent.chunk_count, expected_digest=sent.digest
     )
     assert received == plaintext
     assert summary == sent
-    assert summary.sha256 == hashlib.sha256(plaintext).digest()
+    assert summary.digest == blake3(plaintext).digest()
     assert (
         summary.chunk_count == chunk_count_for(size, chunk_size) == max(1, -(-size // chunk_size))
     )
@@ -136,7 +137,7 @@ def test_writing_plaintext_split_anywhere_gives_the_same_stream(cuts: list[int],
     out = [w for piece in split_at(plaintext, cuts) for w in writer.write(piece)]
     out.extend(writer.close())
     assert b"".join(out) == seal(plaintext)
-    assert writer.summary.sha256 == hashlib.sha256(plaintext).digest()
+    assert writer.summary.digest == blake3(plaintext).digest()
 
 
 def test_writer_and_reader_keep_no_hold_on_a_reused_buffer() -> None:
@@ -160,6 +161,70 @@ def test_writer_and_reader_keep_no_hold_on_a_reused_buffer() -> None:
         buffer[:] = bytes(len(buffer))
     assert received == plaintext
     assert reader.finish().size == len(plaintext)
+
+
+@settings(max_examples=100, deadline=None)
+@given(cuts=st.lists(st.integers(0, 10_000), max_size=12), size=st.integers(0, 700))
+def test_buffer_filling_writer_and_reader_match_the_allocating_ones(
+    cuts: list[int], size: int
+) -> None:
+    plaintext = (DOCUMENT * 4)[:size]
+    writer = AttachmentWriter(KEY, ATTACHMENT_ID, chunk_size=CHUNK)
+    stream = bytearray()
+    for piece in split_at(plaintext, cuts):
+        out = bytearray(writer.output_room(len(piece)))
+        stream += out[: writer.write_into(piece, out)]
+    out = bytearray(writer.output_room(0))
+    stream += out[: writer.close_into(out)]
+    assert bytes(stream) == seal(plaintext)
+    assert writer.summary.digest == blake3(plaintext).digest()
+    reader, received = (
+        AttachmentReader(KEY, ATTACHMENT_ID, expected_digest=content_digest(plaintext)),
+        bytearray(),
+    )
+    for piece in split_at(bytes(stream), cuts):
+        out = bytearray(reader.output_room(len(piece)))
+        received += out[: reader.feed_into(piece, out)]
+    assert bytes(received) == plaintext
+    assert reader.finish() == writer.summary
+
+
+def test_buffer_filling_calls_refuse_a_buffer_too_small_and_read_nothing() -> None:
+    writer = AttachmentWriter(KEY, ATTACHMENT_ID, chunk_size=CHUNK)
+    with pytest.raises(LocalProtocolError) as caught:
+        writer.write_into(THREE, bytearray(writer.output_room(len(THREE)) - 1))
+    assert caught.value.code is ErrorCode.INVALID_FIELD
+    stream = seal(THREE)
+    reader = AttachmentReader(KEY, ATTACHMENT_ID)
+    with pytest.raises(LocalProtocolError):
+        reader.feed_into(stream, bytearray(len(stream) - 1))
+    out = bytearray(len(stream))  # nothing was consumed: the same reader still reads it all
+    assert out[: reader.feed_into(stream, out)] == THREE
+    encryptor = AttachmentEncryptor(KEY, ATTACHMENT_ID, chunk_size=CHUNK)
+    with pytest.raises(LocalProtocolError):
+        encryptor.seal_chunk_into(THREE[:64], bytearray(64 + 20), final=False)
+
+
+def test_sealing_a_chunk_into_a_buffer_gives_the_same_frame() -> None:
+    into = AttachmentEncryptor(KEY, ATTACHMENT_ID, chunk_size=CHUNK)
+    allocating = AttachmentEncryptor(KEY, ATTACHMENT_ID, chunk_size=CHUNK)
+    out = bytearray(200)
+    for chunk, final in ((THREE[:64], False), (THREE[64:128], False), (THREE[128:], True)):
+        length = into.seal_chunk_into(chunk, memoryview(out)[3:], final=final)
+        assert bytes(out[3 : 3 + length]) == allocating.encrypt_chunk(chunk, final=final)
+    assert into.finish() == allocating.finish()
+
+
+def test_refused_chunk_decrypted_into_a_buffer_stops_the_reader() -> None:
+    stream = bytearray(seal(THREE))
+    stream[-1] ^= 1
+    reader = AttachmentReader(KEY, ATTACHMENT_ID)
+    out = bytearray(reader.output_room(len(stream)))
+    with pytest.raises(AttachmentRejected) as caught:
+        reader.feed_into(stream, out)
+    assert caught.value.code is CORRUPT
+    with pytest.raises(AttachmentRejected):
+        reader.feed_into(b"", out)
 
 
 def test_chunk_level_encryptor_and_decryptor_round_trip_frame_by_frame() -> None:
@@ -328,9 +393,9 @@ def test_chunk_count_other_than_the_sealed_reference_is_refused() -> None:
 
 def test_digest_other_than_the_sealed_reference_is_refused() -> None:
     stream = seal(THREE)
-    assert refusal(stream, expected_sha256=hashlib.sha256(THREE + b"x").digest()) is CORRUPT
-    digest = hashlib.sha256(THREE).digest()
-    assert decrypt_attachment(KEY, ATTACHMENT_ID, stream, expected_sha256=digest)[0] == THREE
+    assert refusal(stream, expected_digest=blake3(THREE + b"x").digest()) is CORRUPT
+    digest = blake3(THREE).digest()
+    assert decrypt_attachment(KEY, ATTACHMENT_ID, stream, expected_digest=digest)[0] == THREE
 
 
 def test_decryptor_refuses_a_frame_shorter_than_its_length() -> None:
@@ -388,7 +453,7 @@ def test_closed_writer_refuses_more_data_and_open_writer_has_no_summary() -> Non
 def test_64_mib_attachment_streams_through_in_flat_memory() -> None:
     block = bytes(range(256)) * 256  # 64 KiB
     total = 64 * 1024 * 1024
-    sent_hash, received_hash = hashlib.sha256(), hashlib.sha256()
+    sent_hash, received_hash = blake3(), blake3()
     tracemalloc.start()
     try:
         writer = AttachmentWriter(KEY, ATTACHMENT_ID)
@@ -407,7 +472,7 @@ def test_64_mib_attachment_streams_through_in_flat_memory() -> None:
     finally:
         tracemalloc.stop()
     assert summary.size == total
-    assert summary.sha256 == sent_hash.digest() == received_hash.digest()
+    assert summary.digest == sent_hash.digest() == received_hash.digest()
     assert peak < 2 * 1024 * 1024, f"peak {peak} bytes"
 
 
@@ -442,7 +507,7 @@ def test_known_answer_stream_is_reproduced_and_opened(vector: dict[str, object])
     opened, received = decrypt_attachment(key, attachment_id, stream)
     assert opened == plaintext
     assert received == summary
-    assert (received.sha256.hex(), received.size) == (vector["sha256"], vector["size"])
+    assert (received.digest.hex(), received.size) == (vector["digest"], vector["size"])
     assert received.chunk_count == vector["chunk_count"]
     assert _spec_decrypt(key, stream) == (plaintext, vector["frames"])
 

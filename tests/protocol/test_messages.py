@@ -371,7 +371,7 @@ NESTED_RULES: list[tuple[str, Any, ErrorCode]] = [
         _attachment(size=2, chunk_count=3),
         ErrorCode.INVALID_FIELD,
     ),
-    ("attachment.sha256 short", _attachment(sha256=bytes(31)), ErrorCode.INVALID_FIELD),
+    ("attachment.digest short", _attachment(digest=bytes(31)), ErrorCode.INVALID_FIELD),
     ("attachment.key long", _attachment(key=bytes(33)), ErrorCode.OVERSIZED),
     ("attachment.key as str", _attachment(key="k" * 32), ErrorCode.BAD_TYPE),
     ("attachment.id short", _attachment(attachment_id=bytes(15)), ErrorCode.INVALID_FIELD),

@@ -11,10 +11,10 @@ from a valid one, each with the error code a reader must refuse it with.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
+from blake3 import blake3
 from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
@@ -79,12 +79,12 @@ def valid_vectors() -> list[dict[str, object]]:
     for name, plaintext in PLAINTEXTS:
         stream, summary = encrypt_attachment(KEY, ATTACHMENT_ID, plaintext, chunk_size=CHUNK_SIZE)
         header, frames = split_frames(stream)
-        assert summary.sha256 == hashlib.sha256(plaintext).digest()
+        assert summary.digest == blake3(plaintext).digest()
         vectors.append(
             {
                 "name": name,
                 "plaintext": plaintext.hex(),
-                "sha256": summary.sha256.hex(),
+                "digest": summary.digest.hex(),
                 "size": summary.size,
                 "chunk_count": summary.chunk_count,
                 "frames": frame_intermediates(header, frames),
@@ -136,9 +136,9 @@ def build() -> dict[str, object]:
         "description": (
             "citynode attachment stream v1 known answers (docs/spec/40-attachments.md). Valid "
             "vectors: encrypting plaintext with key, attachment_id and chunk_size gives stream "
-            "exactly; decrypting stream gives plaintext, sha256, size and chunk_count. Invalid "
-            "vectors: a reader expecting attachment_id under key, with the default limits "
-            "(chunk sizes 64..65536), refuses stream with error."
+            "exactly; decrypting stream gives plaintext, digest (BLAKE3-256 of plaintext), size "
+            "and chunk_count. Invalid vectors: a reader expecting attachment_id under key, with "
+            "the default limits (chunk sizes 64..65536), refuses stream with error."
         ),
         "key": KEY.hex(),
         "attachment_id": ATTACHMENT_ID.hex(),

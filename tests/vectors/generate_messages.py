@@ -38,6 +38,7 @@ import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from protocol import codec, signing
+from protocol.attachments import content_digest
 from protocol.errors import RemoteProtocolError
 from protocol.keys import KeyKind, key_id
 from protocol.limits import Limits
@@ -158,7 +159,7 @@ INVESTIGATION = AttachmentRef(
     filename="utredning.pdf",
     media_type="application/pdf",
     size=150,
-    sha256=hashlib.sha256(b"placeholder: investigation").digest(),
+    digest=content_digest(b"placeholder: investigation"),
     key=bytes(range(32)),
     chunk_count=3,
 )
@@ -167,7 +168,7 @@ EMPTY_NOTE = AttachmentRef(
     filename="tom anteckning.txt",
     media_type="text/plain",
     size=0,
-    sha256=hashlib.sha256(b"").digest(),
+    digest=content_digest(b""),
     key=bytes(range(32, 64)),
     chunk_count=1,
 )
@@ -176,7 +177,7 @@ LARGE_THREAT_ASSESSMENT = AttachmentRef(
     filename="hotbildsbedömning.pdf",
     media_type="application/pdf",
     size=5_000_000_000,  # above 2^32: a uint64 on the wire
-    sha256=hashlib.sha256(b"placeholder: threat assessment").digest(),
+    digest=content_digest(b"placeholder: threat assessment"),
     key=bytes(range(64, 96)),
     chunk_count=76_294,  # ceil(size / 65536)
 )

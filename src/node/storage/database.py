@@ -184,12 +184,20 @@ class Database:
             The revision before (``None`` for an empty database) and the revision now.
 
         Raises:
-            StorageError: the migration failed; nothing of it was kept.
+            StorageError: the migration failed, or the schema is at a revision this code does
+                not know (made by a newer version); nothing of it was kept.
         """
         async with self._wrapped("migration"), self._engine.begin() as connection:
             if self.schema is not None:
                 await _ensure_schema(connection, self.schema)
             before = await connection.run_sync(_current_revision)
+            if before is not None and before not in known_revisions():
+                # Alembic would fail with its own error (not a SQLAlchemyError) and a traceback.
+                raise StorageError(
+                    f"database {self.redacted_url}: its schema was made by a newer citynode "
+                    f"(this one knows revisions up to {head_revision()}): run that version or "
+                    "a newer one"
+                )
             await connection.run_sync(_upgrade_to_head)
             after = await connection.run_sync(_current_revision)
         if before != after:
@@ -248,6 +256,12 @@ def head_revision() -> str:
     if head is None:  # pragma: no cover - the package always ships a revision
         raise StorageError("no migrations are shipped with this package")
     return head
+
+
+def known_revisions() -> frozenset[str]:
+    """Return every revision shipped with the code."""
+    script = ScriptDirectory.from_config(alembic_config(None))
+    return frozenset(revision.revision for revision in script.walk_revisions())
 
 
 def _reason(error: BaseException) -> str:

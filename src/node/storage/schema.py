@@ -16,7 +16,8 @@ Conventions (every table):
 * Constraint and index names follow :data:`NAMING_CONVENTION`, so migrations can name them.
 
 What is sensitive, and where it lives: the identity of a person (``cases.sealed_identity``) and the
-content of every received message (``inbox.payload``) are encrypted by :mod:`node.storage.vault`
+content of every received message (``inbox.payload``) and of every case message sent or
+received (``case_messages.body``) are encrypted by :mod:`node.storage.vault`
 under a per-case key, itself stored only wrapped by the node's data key (``cases.wrapped_key``),
 which lives in the keystore, never in the database. The rest is routing metadata (cities, units,
 opaque 16-byte ids, times, states). There are deliberately no foreign keys from the delivery
@@ -29,19 +30,23 @@ from typing import Final
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     Double,
+    ForeignKey,
     Index,
     Integer,
     LargeBinary,
     MetaData,
     String,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from node.access import UserRole
 from node.delivery import DeliveryState
-from protocol.cases import CaseState, Role
+from protocol.cases import CaseState, Direction, Role
 
 NAMING_CONVENTION: Final = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -72,6 +77,7 @@ def _one_of(column: str, values: list[str]) -> str:
 DELIVERY_STATES: Final = [state.value for state in DeliveryState]
 CASE_STATES: Final = [state.value for state in CaseState]
 ROLES: Final = [role.value for role in Role]
+DIRECTIONS: Final = [direction.value for direction in Direction]
 
 
 class Base(DeclarativeBase):
@@ -147,6 +153,14 @@ class CaseRow(Base):
     __table_args__ = (
         CheckConstraint(_one_of("role", ROLES), name="role"),
         CheckConstraint(_one_of("state", CASE_STATES), name="state"),
+        # One relocation per quota slot and home city: two referrals can never both be "2 of 2".
+        Index(
+            "ix_cases_home_city_quota_year_quota_index",
+            "home_city",
+            "quota_year",
+            "quota_index",
+            unique=True,
+        ),
     )
 
     case_id: Mapped[bytes] = mapped_column(LargeBinary(ID_BYTES), primary_key=True)
@@ -159,6 +173,14 @@ class CaseRow(Base):
     closed_at: Mapped[float | None] = mapped_column(Double)
     wrapped_key: Mapped[bytes | None] = mapped_column(LargeBinary)
     sealed_identity: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # Revision 0003 (the case workflow). NULL on rows written before it.
+    home_city: Mapped[str | None] = mapped_column(String(NAME_CHARS))
+    receiving_city: Mapped[str | None] = mapped_column(String(NAME_CHARS))
+    peer_unit: Mapped[str | None] = mapped_column(String(NAME_CHARS))
+    protected_identity: Mapped[bool] = mapped_column(Boolean, server_default=false())
+    quota_year: Mapped[int | None] = mapped_column(Integer)
+    quota_index: Mapped[int | None] = mapped_column(Integer)
+    warning: Mapped[str | None] = mapped_column(String(CODE_CHARS))
 
 
 class PeerRow(Base):
@@ -193,3 +215,100 @@ class KeyLogRow(Base):
     index: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     entry: Mapped[bytes] = mapped_column(LargeBinary)
     appended_at: Mapped[float] = mapped_column(Double)
+
+
+class CaseMessageRow(Base):
+    """One case message this node sent or received: the case's own record of its timeline.
+
+    Written in the transaction that moves the case (with the outbox row of a message we send, the
+    inbox row of one we receive). ``body`` is the encoded message sealed under the case key by
+    the vault (purpose ``case.message:<direction>:<message id hex>``), so shredding the case
+    erases it. The delivery state of a sent message is its outbox row's, found by ``message_id``.
+    """
+
+    __tablename__ = "case_messages"
+    __table_args__ = (
+        UniqueConstraint("direction", "message_id"),
+        CheckConstraint(_one_of("direction", DIRECTIONS), name="direction"),
+        {"sqlite_autoincrement": True},
+    )
+
+    seq: Mapped[int] = mapped_column(SequenceNumber, primary_key=True, autoincrement=True)
+    case_id: Mapped[bytes] = mapped_column(
+        LargeBinary(ID_BYTES), ForeignKey("cases.case_id"), index=True
+    )
+    direction: Mapped[str] = mapped_column(String(STATE_CHARS))
+    message_type: Mapped[str] = mapped_column(String(TYPE_CHARS))
+    message_id: Mapped[bytes] = mapped_column(LargeBinary(ID_BYTES))
+    at: Mapped[float] = mapped_column(Double)
+    body: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+# --- Revision 0002: the people who use the node, their API tokens, and the audit trail ---------
+
+PURPOSE_CHARS: Final = 120  # why, in a few words (node.audit); never personal data
+USER_ROLES: Final = [role.value for role in UserRole]
+
+
+class UserRow(Base):
+    """A user of the node (``node.users``): an account name, never a person's identity number.
+
+    Names are never reused: a revoked user keeps its row, so audit entries stay unambiguous.
+    Only a case worker has a unit (a unit of this city in the adopted agreement).
+    """
+
+    __tablename__ = "users"
+    __table_args__ = (
+        CheckConstraint(_one_of("role", USER_ROLES), name="role"),
+        CheckConstraint(
+            "(role = 'caseworker' AND unit IS NOT NULL) OR (role <> 'caseworker' AND unit IS NULL)",
+            name="unit",
+        ),
+    )
+
+    name: Mapped[str] = mapped_column(String(NAME_CHARS), primary_key=True)
+    role: Mapped[str] = mapped_column(String(STATE_CHARS))
+    unit: Mapped[str | None] = mapped_column(String(NAME_CHARS))
+    created_at: Mapped[float] = mapped_column(Double)
+    revoked_at: Mapped[float | None] = mapped_column(Double)
+
+
+class TokenRow(Base):
+    """An API bearer token of a user: only its SHA-256 is stored, never the token itself."""
+
+    __tablename__ = "tokens"
+    __table_args__ = (
+        CheckConstraint("expires_at > created_at", name="expiry"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(SequenceNumber, primary_key=True, autoincrement=True)
+    user_name: Mapped[str] = mapped_column(String(NAME_CHARS), ForeignKey("users.name"), index=True)
+    token_hash: Mapped[bytes] = mapped_column(LargeBinary(HASH_BYTES), unique=True)
+    created_at: Mapped[float] = mapped_column(Double)
+    expires_at: Mapped[float] = mapped_column(Double)
+    revoked_at: Mapped[float | None] = mapped_column(Double)
+
+
+class AuditRow(Base):
+    """One entry of the hash-chained audit trail (``node.audit``), appended and never changed.
+
+    ``seq`` is assigned by the trail (1, 2, 3...), not by the database, because ``entry_hash``
+    covers it; ``previous_hash`` is the entry before's ``entry_hash`` (32 zero bytes for entry 1).
+    ``purpose`` is bounded free text such as "handover meeting", never personal data.
+    """
+
+    __tablename__ = "audit_log"
+    __table_args__ = (CheckConstraint("seq >= 1", name="seq"),)
+
+    seq: Mapped[int] = mapped_column(SequenceNumber, primary_key=True, autoincrement=False)
+    at: Mapped[float] = mapped_column(Double)
+    user_name: Mapped[str | None] = mapped_column(String(NAME_CHARS))
+    role: Mapped[str | None] = mapped_column(String(STATE_CHARS))
+    action: Mapped[str] = mapped_column(String(CODE_CHARS))
+    subject: Mapped[str | None] = mapped_column(String(NAME_CHARS))
+    case_id: Mapped[bytes | None] = mapped_column(LargeBinary(ID_BYTES), index=True)
+    purpose: Mapped[str | None] = mapped_column(String(PURPOSE_CHARS))
+    outcome: Mapped[str] = mapped_column(String(CODE_CHARS))
+    previous_hash: Mapped[bytes] = mapped_column(LargeBinary(HASH_BYTES))
+    entry_hash: Mapped[bytes] = mapped_column(LargeBinary(HASH_BYTES))

@@ -1,0 +1,162 @@
+"""The case journal: this node's own record of every case message it sent or received.
+
+Owns the ``case_messages`` table. Invariants:
+
+* :meth:`CaseJournal.record` runs only inside the caller's transaction — the one that moves the
+  case and writes the outbox row (a message we send) or the inbox row (one we receive) — so a
+  case's timeline, its state and its delivery records never disagree, even across a crash.
+* The body is the message's exact encoding, sealed under the **case key** by the vault, bound to
+  the case, the direction and the message id (purpose ``case.message:<direction>:<id hex>``): a
+  database dump reveals only which kinds of message a case exchanged and when; shredding the case
+  key erases every body with it.
+* The delivery state shown for a sent message is its outbox row's (joined by message id): queued,
+  sent, receipted, failed or expired; a received message is ``received`` (we stored it, then
+  returned our signed receipt).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from node.storage.case_store import load_case_key
+from node.storage.database import Database
+from node.storage.schema import CaseMessageRow, OutboxRow
+from node.storage.vault import CaseVault
+from protocol import codec
+from protocol.cases import Direction
+from protocol.limits import DEFAULT_LIMITS, Limits
+from protocol.messages import AnyMessage, Message, decode_message, message_type_name
+
+RECEIVED: Final = "received"
+"""The delivery shown for a message this node received (and receipted)."""
+
+
+def message_purpose(direction: Direction, message_id: bytes) -> str:
+    """The vault purpose a journal body is sealed under."""
+    return f"case.message:{direction.value}:{message_id.hex()}"
+
+
+@dataclass(frozen=True, slots=True)
+class JournalEntry:
+    """One case message, decrypted, with its delivery.
+
+    Attributes:
+        seq: the journal's order (the order this node sent or received them).
+        direction: sent or received.
+        message_type: e.g. ``"referral"``.
+        message_id: the envelope's message id.
+        at: when it was queued (sent) or accepted (received), Unix seconds.
+        message: the typed message (a referral's person included: the caller decides what to
+            show).
+        delivery: the outbox state of a sent message, ``received`` for a received one.
+        receipted_at: when the peer's receipt was stored (sent messages), else ``None``.
+    """
+
+    seq: int
+    direction: Direction
+    message_type: str
+    message_id: bytes
+    at: float
+    message: AnyMessage
+    delivery: str
+    receipted_at: float | None
+
+
+class CaseJournal:
+    """Records and reads the messages of each case.
+
+    Args:
+        db: the database.
+        vault: the vault (the node's data key) that unwraps case keys.
+        limits: the protocol limits (message body size when reading back).
+    """
+
+    def __init__(self, db: Database, vault: CaseVault, limits: Limits = DEFAULT_LIMITS) -> None:
+        self._db = db
+        self._vault = vault
+        self._limits = limits
+
+    async def record(
+        self,
+        session: AsyncSession,
+        *,
+        case_id: bytes,
+        direction: Direction,
+        message: Message,
+        message_id: bytes,
+        at: float,
+    ) -> None:
+        """Add a message to its case's journal, in the caller's transaction.
+
+        Raises:
+            CaseNotFound: no such case.
+            CaseShredded: the case was shredded.
+        """
+        case_key = await load_case_key(session, self._vault, case_id)
+        body = self._vault.seal(
+            case_key, case_id, message_purpose(direction, message_id), codec.encode(message)
+        )
+        session.add(
+            CaseMessageRow(
+                case_id=case_id,
+                direction=direction.value,
+                message_type=message_type_name(message),
+                message_id=message_id,
+                at=at,
+                body=body,
+            )
+        )
+        await session.flush()
+
+    async def entries(self, case_id: bytes) -> Sequence[JournalEntry]:
+        """Return a case's messages in journal order, decrypted, with their delivery state.
+
+        Raises:
+            CaseNotFound: no such case.
+            CaseShredded: the case was shredded.
+            VaultError: a stored body does not open (altered, or moved from another row).
+        """
+        async with self._db.reading() as s:
+            case_key = await load_case_key(s, self._vault, case_id)
+            rows = (
+                await s.scalars(
+                    select(CaseMessageRow)
+                    .where(CaseMessageRow.case_id == case_id)
+                    .order_by(CaseMessageRow.seq)
+                )
+            ).all()
+            sent_ids = [row.message_id for row in rows if row.direction == Direction.SENT.value]
+            outbox = (
+                {
+                    row.message_id: row
+                    for row in (
+                        await s.scalars(select(OutboxRow).where(OutboxRow.message_id.in_(sent_ids)))
+                    ).all()
+                }
+                if sent_ids
+                else {}
+            )
+        return [self._entry(row, case_key, outbox.get(row.message_id)) for row in rows]
+
+    def _entry(
+        self, row: CaseMessageRow, case_key: bytes, delivery: OutboxRow | None
+    ) -> JournalEntry:
+        direction = Direction(row.direction)
+        purpose = message_purpose(direction, row.message_id)
+        body = self._vault.open(case_key, row.case_id, purpose, row.body)
+        sent = direction is Direction.SENT
+        return JournalEntry(
+            seq=row.seq,
+            direction=direction,
+            message_type=row.message_type,
+            message_id=row.message_id,
+            at=row.at,
+            message=decode_message(body, self._limits),
+            delivery=(delivery.state if delivery is not None else "unknown") if sent else RECEIVED,
+            receipted_at=delivery.receipted_at if sent and delivery is not None else None,
+        )
