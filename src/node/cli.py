@@ -188,7 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``citynode`` with ``argv`` (default: the process arguments) and return its exit code."""
     args = build_parser().parse_args(argv)
-    configure_logging(logging.INFO if args.command == "serve" else logging.WARNING)
+    if args.command == "serve":  # other commands keep Python's default: warnings to stderr
+        configure_logging(logging.INFO)
     handler: Handler = args.handler
     try:
         return handler(args)
