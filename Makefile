@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test lint typecheck pytest bench bench-quick clean
+.PHONY: test lint typecheck pytest bench bench-quick spec clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,8 +17,8 @@ $(STAMP): pyproject.toml
 test: $(STAMP) lint typecheck pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench docs
+	$(BIN)/ruff format --check src tests bench docs
 
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict src/protocol src/node
@@ -32,9 +32,15 @@ gnupg:
 
 bench: $(STAMP) gnupg
 	$(BIN)/python bench/bench_protocol.py
+	$(BIN)/python bench/bench_federation.py
 
 bench-quick: $(STAMP) gnupg
 	$(BIN)/python bench/bench_protocol.py --quick
+	$(BIN)/python bench/bench_federation.py --quick
+
+# The protocol specification docs/protocol.md is assembled from its chapters in docs/spec/.
+spec: $(STAMP)
+	$(BIN)/python docs/build_protocol.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

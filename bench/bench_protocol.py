@@ -336,7 +336,7 @@ def bench_envelopes(quick: bool) -> dict[str, Any]:
 def _attachment_worker(args: list[str]) -> None:
     """Child process: encrypt or decrypt one file with the node's file pipeline; print JSON.
 
-    ``node.attachment_files`` is what a node runs on an uploaded document and a received stream:
+    ``node.attachment_files`` is the node's file-to-file pipeline over the protocol's writer/reader:
     the protocol's ``AttachmentWriter`` / ``AttachmentReader`` filling reused buffers, a helper
     thread writing them out, output staged in a temporary file, fsynced and linked into place.
     """
@@ -591,7 +591,8 @@ def markdown(r: dict[str, Any]) -> str:
     lines = [
         f"## citynode protocol benchmark ({'quick' if r['quick'] else 'full'})",
         "",
-        f"Python {r['python']}, cryptography {r['cryptography']}, {r['cpu']}.",
+        f"Python {r['python']}, cryptography {r['cryptography']}, {r['cpu']}; 1-minute load "
+        f"average {r['load_1m_start']} at the start, {r['load_1m_end']} at the end.",
         "",
         "| measurement | ours | raw baseline | ratio | target | met |",
         "|---|---:|---:|---:|---|---|",
@@ -648,11 +649,14 @@ def main(argv: list[str] | None = None) -> int:
         "python": sys.version.split()[0],
         "cryptography": cryptography.__version__,
         "cpu": _cpu(),
+        # Other work on the machine moves every figure, ratios included: say how busy it was.
+        "load_1m_start": round(os.getloadavg()[0], 2),
     }
     if args.only != "attachments":
         result.update(bench_envelopes(args.quick))
     if args.only != "envelopes":
         result.update(bench_attachments(args.quick, args.workdir))
+    result["load_1m_end"] = round(os.getloadavg()[0], 2)
     if args.json or args.only:
         sys.stdout.write(json.dumps(result) + "\n")
     else:

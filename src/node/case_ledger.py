@@ -19,6 +19,8 @@ Owns the link between the message catalogue and the case state machine on a node
 * The agreement's rules that need the node's own records (:class:`~node.cases.rules.CaseRules`)
   run first: on arrival for a received message (a refusal is the peer's fault and keeps nothing
   of the envelope), under the write lock for a message we send.
+* A received balance statement (a control message, no case) is kept by
+  :func:`node.balance.record_statement` in the same transaction, under the same refusal rule.
 """
 
 from __future__ import annotations
@@ -27,10 +29,11 @@ from typing import Final
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from node.balance import record_statement
 from node.cases.journal import CaseJournal
 from node.cases.records import POLICE_ADVICE, UNASSIGNED_UNIT, encode_identity
 from node.cases.rules import CaseRules
-from node.storage.case_store import CaseStore
+from node.storage.case_store import CaseStore, find_case
 from node.storage.schema import CaseRow
 from protocol.agreement_rules import police_advice_warning
 from protocol.cases import (
@@ -44,6 +47,7 @@ from protocol.cases import (
 )
 from protocol.errors import ErrorCode, LocalProtocolError
 from protocol.messages import (
+    BalanceStatement,
     Closure,
     Decision,
     Inquiry,
@@ -135,6 +139,9 @@ class CaseLedger:
                 agreement rule it broke (``quota_exceeded``, ``not_eligible`` ...).
         """
         try:
+            if isinstance(message, BalanceStatement):
+                await record_statement(session, sender, message, message_id=message_id, at=at)
+                return
             case_id = case_id_of(message)
             if case_id is not None:
                 # A case of another city is refused as such before the agreement's rules run.
@@ -167,7 +174,7 @@ class CaseLedger:
             return
         sent = direction is Direction.SENT
         event = CaseEvent(kind, direction)
-        row = await session.get(CaseRow, case_id)
+        row = await find_case(session, case_id)
         if row is None:
             row = await self._open(session, peer, message, event, sent=sent)
         else:
@@ -186,7 +193,7 @@ class CaseLedger:
 
     @staticmethod
     async def _require_peer(session: AsyncSession, case_id: bytes, peer: str) -> None:
-        row = await session.get(CaseRow, case_id)
+        row = await find_case(session, case_id)
         if row is not None and row.peer != peer:
             raise LocalProtocolError(
                 ErrorCode.INVALID_TRANSITION, "the case belongs to another city"
@@ -204,7 +211,7 @@ class CaseLedger:
         await self._cases.create(
             message.case_id, role=role, peer=peer, unit=unit, state=state, session=session
         )
-        row = await session.get(CaseRow, message.case_id)
+        row = await find_case(session, message.case_id)
         assert row is not None  # created just above, in this transaction
         row.home_city = self._city if sent else peer
         row.receiving_city = peer if sent else self._city

@@ -15,12 +15,16 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
+from node.cli_keys import register as register_keys
 from node.cli_membership import register as register_membership
-from node.cli_support import add_common, config_of, emit, with_node
+from node.cli_report import register as register_report
+from node.cli_support import add_common, config_of, emit
 from node.cli_users import register as register_users
 from node.errors import NodeError
+from node.flowchart import flow_svg
 from node.keystore import KDF_PROFILES
 from node.logs import configure_logging
 from node.provision import create_node
@@ -30,7 +34,6 @@ from node.storage.database import Database
 from node.storage.outbox_store import OutboxStore
 from protocol.cases import Role, mermaid
 from protocol.errors import ProtocolError
-from protocol.keys import fingerprint
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -38,9 +41,13 @@ Handler = Callable[[argparse.Namespace], int]
 def _cmd_flow(args: argparse.Namespace) -> int:
     """Draw the case state machine from the transition table the code runs."""
     role = Role(args.role) if args.role else None
-    source = mermaid(role)
+    source = flow_svg(role) if args.format == "svg" else mermaid(role)
+    if args.out is not None:
+        args.out.write_text(source, encoding="utf-8")
     if args.json:
         print(json.dumps({"format": args.format, "role": args.role, "source": source}))
+    elif args.out is not None:
+        print(f"Case flow ({args.format}) written to {args.out}")
     else:
         sys.stdout.write(source)
     return 0
@@ -77,31 +84,6 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             await node.close()
 
     asyncio.run(run())
-    return 0
-
-
-def _cmd_keys_show(args: argparse.Namespace) -> int:
-    """Show the node's public keys and fingerprint (the keystore must be unlocked)."""
-
-    async def load(node: Node) -> dict[str, Any]:
-        log = await node.history.load()
-        identity = node.own.identity_stored
-        city = node.config.city
-        return {
-            "city": city,
-            "fingerprint": fingerprint(city, identity.public_key),
-            "identity_key_id": identity.key_id.hex(),
-            "encryption_keys": [
-                {"key_id": k.key_id.hex(), "epoch": k.epoch} for k in node.own.encryption
-            ],
-            "tls_pin": node.tls.pin().hex(),
-            "key_log": {"size": log.size, "head": log.head.hex()},
-            "agreement_version": node.trust().agreement.version if node.has_agreement() else None,
-        }
-
-    doc = with_node(args, load)
-    lines = [f"{key}: {value}" for key, value in doc.items()]
-    emit(args, doc, "\n".join(lines))
     return 0
 
 
@@ -144,9 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    flow = sub.add_parser("flow", help="draw the case state machine (Mermaid)")
+    flow = sub.add_parser("flow", help="draw the case state machine (Mermaid or SVG)")
     add_common(flow)
-    flow.add_argument("--format", choices=["mermaid"], default="mermaid")
+    flow.add_argument("--format", choices=["mermaid", "svg"], default="mermaid")
+    flow.add_argument("--out", type=Path, metavar="FILE", help="write it to FILE, not stdout")
     flow.add_argument(
         "--role",
         choices=[r.value for r in Role],
@@ -168,11 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_common(serve_cmd)
     serve_cmd.set_defaults(handler=_cmd_serve)
 
-    keys = sub.add_parser("keys", help="the node's keys")
-    keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
-    keys_show = keys_sub.add_parser("show", help="public keys, fingerprint, key-log head")
-    add_common(keys_show)
-    keys_show.set_defaults(handler=_cmd_keys_show)
+    register_keys(sub)
 
     outbox = sub.add_parser("outbox", help="the outgoing queue")
     outbox_sub = outbox.add_subparsers(dest="outbox_command", required=True, metavar="ACTION")
@@ -182,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_membership(sub)
     register_users(sub)
+    register_report(sub)
     return parser
 
 

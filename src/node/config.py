@@ -107,6 +107,12 @@ class DatabaseConfig:
         return make_url(self.url).render_as_string(hide_password=True)
 
 
+MIN_OUTBOX_POLL_S: Final = 0.001
+MAX_OUTBOX_POLL_S: Final = 3600.0
+_MAX_DOCUMENT_BYTES: Final = 240 * 1024 * 1024
+"""Documents stay below the federation listener's 256 MiB stream cap, framing included."""
+
+
 @dataclass(frozen=True, slots=True)
 class NodeLimits:
     """Every bound the node applies, including the protocol's own.
@@ -124,6 +130,11 @@ class NodeLimits:
         alert_age_s: an undelivered message older than this raises an operator alert.
         max_retry_age_s: an undelivered message older than this stops being retried and is
             marked expired (visible and alerted, never silently dropped).
+        max_case_document_bytes: the largest document a case worker may attach to a referral
+            (checked before and while the upload is read; below the federation's stream cap).
+        outbox_poll_s: how often an idle sender loop looks for messages queued by another
+            process writing the same database (an operator tool): at most this long until it
+            sends them. Messages queued by the node itself wake their loop at once.
     """
 
     protocol: Limits = DEFAULT_LIMITS
@@ -136,6 +147,8 @@ class NodeLimits:
     retry_cap_s: float = 300.0
     alert_age_s: int = 3600
     max_retry_age_s: int = 6 * _DAY_S
+    max_case_document_bytes: int = 200 * 1024 * 1024
+    outbox_poll_s: float = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -430,6 +443,10 @@ def _limits(table: _Table) -> NodeLimits:
         retry_cap_s=table.number("retry_cap_s", defaults.retry_cap_s),
         alert_age_s=table.integer("alert_age_s", defaults.alert_age_s),
         max_retry_age_s=table.integer("max_retry_age_s", defaults.max_retry_age_s),
+        max_case_document_bytes=table.integer(
+            "max_case_document_bytes", defaults.max_case_document_bytes, high=_MAX_DOCUMENT_BYTES
+        ),
+        outbox_poll_s=table.number("outbox_poll_s", defaults.outbox_poll_s),
     )
     table.refuse_unknown()
     if limits.max_request_bytes < protocol.max_envelope_bytes + BATCH_FRAMING_ALLOWANCE:
@@ -444,6 +461,12 @@ def _limits(table: _Table) -> NodeLimits:
             "retry_cap_s",
             f"{limits.retry_cap_s:g} must be at least limits.retry_base_s "
             f"({limits.retry_base_s:g})",
+        )
+    if not MIN_OUTBOX_POLL_S <= limits.outbox_poll_s <= MAX_OUTBOX_POLL_S:
+        raise table.fail(
+            "outbox_poll_s",
+            f"expected from {MIN_OUTBOX_POLL_S:g} to {MAX_OUTBOX_POLL_S:g} seconds, "
+            f"found {limits.outbox_poll_s:g}",
         )
     if limits.alert_age_s > limits.max_retry_age_s:
         raise table.fail(

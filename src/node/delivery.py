@@ -152,6 +152,19 @@ class OutboxQueue(Protocol):
         """
         ...
 
+    async def claim_batch(
+        self,
+        peer: str,
+        limit: int,
+        now: float,
+        settle: tuple[Sequence[OutgoingEnvelope], Sequence[DeliveryResult]] | None = None,
+    ) -> Sequence[OutgoingEnvelope]:
+        """``record_results(*settle)`` if given, then ``next_batch`` and ``mark_sent`` of it.
+
+        All in one transaction: a sender loop's one write to the queue per batch.
+        """
+        ...
+
     async def expire_older_than(self, peer: str, cutoff: float) -> int:
         """Mark still-undelivered envelopes queued before ``cutoff`` expired; return how many."""
         ...

@@ -12,6 +12,8 @@ calls. Invariants:
   the same message id with other bytes is ``replayed``.
 * One opaque error to the peer for authentication failures (``rejected``); the precise code is
   logged (tagged ``RX [peer]``, without personal data) and counted in the metrics.
+* One ``INFO`` line per batch (its counts by outcome); each refusal is a ``WARNING`` of its own,
+  each accepted or duplicate envelope a ``DEBUG`` line.
 * The peer that authenticated the TLS connection must be the envelope's sender.
 """
 
@@ -38,6 +40,7 @@ from node.trust import TrustState
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.keys import identity_key_id
 from protocol.limits import Limits
+from protocol.messages import Message
 from protocol.sealing import DecryptionKey, OpenedEnvelope, open_envelope, receipt_for, sign_receipt
 
 logger = logging.getLogger(__name__)
@@ -59,7 +62,8 @@ class InboxProcessor:
 
     Args:
         city: this node's city.
-        identity: our identity private key (signs the receipts).
+        identity: our identity private key (signs the receipts), or the node's choice of key by
+            the receipt's time (after an identity succession, each key signs its time).
         decryption_keys: our encryption keys still held, by key id (read at each call, so a
             rotation applies at once).
         trust: the current trust snapshot (read at each call).
@@ -68,13 +72,15 @@ class InboxProcessor:
         metrics: the node's metrics.
         clock: Unix seconds now.
         limits: the protocol limits.
+        on_accepted: called with the peer and the message after each new message is committed
+            (control messages such as ``KeyUpdate`` act on it); it must not block.
     """
 
     def __init__(
         self,
         *,
         city: str,
-        identity: Ed25519PrivateKey,
+        identity: Ed25519PrivateKey | Callable[[int], Ed25519PrivateKey],
         decryption_keys: Callable[[], Mapping[bytes, DecryptionKey]],
         trust: Callable[[], TrustState],
         inbox: InboxStore,
@@ -82,10 +88,11 @@ class InboxProcessor:
         metrics: NodeMetrics,
         clock: Callable[[], float],
         limits: Limits,
+        on_accepted: Callable[[str, Message], None] | None = None,
     ) -> None:
+        self._on_accepted = on_accepted
         self._city = city
         self._identity = identity
-        self._identity_key_id = identity_key_id(identity)
         self._decryption_keys = decryption_keys
         self._trust = trust
         self._inbox = inbox
@@ -116,7 +123,9 @@ class InboxProcessor:
         outcomes = await self._inbox.accept_batch(arrivals) if arrivals else []
         for position, arrival, outcome in zip(positions, arrivals, outcomes, strict=True):
             results[position] = self._answer(peer, arrival, outcome)
-        return [r for r in results if r is not None]
+        done = [r for r in results if r is not None]
+        _log_batch(peer, done)
+        return done
 
     def _open(self, peer: str, data: bytes, now: float) -> OpenedEnvelope | DeliveryResult:
         try:
@@ -136,8 +145,13 @@ class InboxProcessor:
         return opened
 
     def _arrival(self, peer: str, opened: OpenedEnvelope, now: float) -> Arrival:
+        identity = (
+            self._identity
+            if isinstance(self._identity, Ed25519PrivateKey)
+            else self._identity(int(now))
+        )
         receipt = sign_receipt(
-            receipt_for(opened, received_at=int(now)), self._identity, self._identity_key_id
+            receipt_for(opened, received_at=int(now)), identity, identity_key_id(identity)
         )
 
         async def apply(session: AsyncSession) -> None:
@@ -152,7 +166,9 @@ class InboxProcessor:
             return self._refused(peer, outcome.error.code, outcome.error.message)
         if isinstance(outcome, DuplicateEnvelope):
             return self._duplicate(peer, arrival.opened, outcome)
-        logger.info("RX [%s] accepted %s", peer, type(arrival.opened.message).__name__)
+        logger.debug("RX [%s] accepted %s", peer, type(arrival.opened.message).__name__)
+        if self._on_accepted is not None:
+            self._on_accepted(peer, arrival.opened.message)
         return DeliveryResult(ACCEPTED, arrival.receipt)
 
     def _duplicate(
@@ -161,10 +177,23 @@ class InboxProcessor:
         original = outcome.original
         if original is None or original.envelope_hash != opened.envelope_hash:
             return self._refused(peer, ErrorCode.REPLAYED, "message id seen with other bytes")
-        logger.info("RX [%s] duplicate answered with its original receipt", peer)
+        logger.debug("RX [%s] duplicate answered with its original receipt", peer)
         return DeliveryResult(DUPLICATE, original.receipt)
 
     def _refused(self, peer: str, code: str, reason: str) -> DeliveryResult:
         self._metrics.refusals.labels(peer, code).inc()
         logger.warning("RX [%s] refused: %s (%s)", peer, code, reason)
         return DeliveryResult(REJECTED if code in OPAQUE_CODES else code, None)
+
+
+def _log_batch(peer: str, results: Sequence[DeliveryResult]) -> None:
+    accepted = sum(1 for r in results if r.status == ACCEPTED)
+    duplicates = sum(1 for r in results if r.status == DUPLICATE)
+    logger.info(
+        "RX [%s] batch of %d: %d accepted, %d duplicate(s), %d refused",
+        peer,
+        len(results),
+        accepted,
+        duplicates,
+        len(results) - accepted - duplicates,
+    )

@@ -418,6 +418,20 @@ class Keystore:
         del self._keys[key_id]
         logger.info("destroyed %s key %s", stored.kind.name.lower(), key_id.hex())
 
+    def rescan(self) -> None:
+        """Index the key files again: keys another process (``citynode keys rotate``) added or
+        destroyed since this keystore was opened.
+
+        Raises:
+            InsecurePermissions: a file is open to other users, a symlink, not ours.
+            KeystoreCorrupt: a key file is damaged or altered.
+        """
+        entries = sorted(self._dir.iterdir())
+        for entry in entries:
+            check_private(entry, is_dir=False)
+        self._keys = {}
+        self._index(entry.name for entry in entries)
+
     # --- TLS and the data key ------------------------------------------------------------------
 
     def generate_tls(

@@ -59,7 +59,8 @@ class Outgoing:
 
     Args:
         city: this node's city.
-        identity: our identity private key (signs every envelope).
+        identity: our identity private key (signs every envelope), or the node's choice of key
+            by the envelope's timestamp (after an identity succession, each key signs its time).
         trust: the current trust snapshot (the peer's key, the agreement version).
         db: the database (the transaction shared by the case change and the outbox row).
         outbox: the outbox.
@@ -74,7 +75,7 @@ class Outgoing:
         self,
         *,
         city: str,
-        identity: Ed25519PrivateKey,
+        identity: Ed25519PrivateKey | Callable[[int], Ed25519PrivateKey],
         trust: Callable[[], TrustState],
         db: Database,
         outbox: OutboxStore,
@@ -120,7 +121,11 @@ class Outgoing:
         message_id = self._random_bytes(MESSAGE_ID_BYTES)
         envelope = seal_envelope(
             sender=self._city,
-            sender_identity=self._identity,
+            sender_identity=(
+                self._identity
+                if isinstance(self._identity, Ed25519PrivateKey)
+                else self._identity(int(now))
+            ),
             recipient=peer,
             recipient_key=trust.sealing_key(peer, int(now)),
             agreement_version=trust.agreement.version,

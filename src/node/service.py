@@ -21,19 +21,24 @@ import asyncio
 import contextlib
 import datetime
 import logging
-import ssl
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
 from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from node.api.app import create_case_api
 from node.api.openapi import PREFIX as API_PREFIX
 from node.attachment_store import AttachmentStore
 from node.audit import AuditTrail
+from node.balance import BalanceAnnouncer
+from node.balance_report import BalanceService
 from node.case_ledger import CaseLedger
+from node.cases.document_fetch import DocumentFetcher
+from node.cases.document_service import DocumentService
+from node.cases.documents import DocumentLedger, DocumentRecords
 from node.cases.journal import CaseJournal
 from node.cases.rules import CaseRules
 from node.cases.service import CaseService
@@ -41,8 +46,13 @@ from node.config import NodeConfig
 from node.errors import NodeError
 from node.federation.client import FederationClient, PeerEndpoint
 from node.federation.server import create_federation_app
-from node.federation.tls import PinTable, server_context, trust_peer_certificates
+from node.federation.tls import (
+    PinTable,
+    pin_of_certificate_pem,
+    server_context,
+)
 from node.inbox import InboxProcessor
+from node.key_exchange import KeyExchange, heartbeat, no_sender
 from node.key_history import KeyHistory
 from node.keystore import Keystore
 from node.metrics import NodeMetrics
@@ -50,8 +60,21 @@ from node.outbox.backoff import Backoff
 from node.outbox.dispatcher import OutboxDispatcher
 from node.outbox.sender import OutboxSettings
 from node.outgoing import Outgoing
-from node.own_keys import OwnKeys, decryption_keys, ensure_next_key, load_own_keys, own_bundle
+from node.own_keys import (
+    OwnKeys,
+    announced_windows,
+    current_and_next,
+    decryption_keys,
+    ensure_next_key,
+    load_own_keys,
+    own_bundle,
+    own_revocations,
+    own_successions,
+    signing_identities,
+)
 from node.peer_package import encode_package, read_package
+from node.retention import CaseRetention
+from node.rotation import destroy_expired, pending_announcements, rotate_encryption
 from node.secrets_source import OperatorSecret
 from node.storage.case_store import CaseStore
 from node.storage.database import Database
@@ -64,15 +87,24 @@ from node.tls_material import TlsMaterial
 from node.trust import TrustState
 from node.users import UserStore
 from protocol.agreement import VerifiedAgreement, verify_chain
-from protocol.errors import ProtocolError
-from protocol.key_bundle import VerifiedKeyBundle, verify_bundle
+from protocol.errors import ErrorCode, ProtocolError, RemoteProtocolError
+from protocol.key_bundle import VerifiedKeyBundle, check_bundle_update, verify_bundle
 from protocol.keylog import EntryKind
+from protocol.keys import VerifyKey, identity_key
 from protocol.sealing import DecryptionKey, envelope_hash, verify_receipt
+from protocol.succession import (
+    apply_revocation,
+    sign_revocation,
+    sign_succession,
+    verify_succession_chain,
+)
 
 logger = logging.getLogger(__name__)
 
-HEARTBEAT_S: Final = 2.0
 HOUSEKEEPING_S: Final = 60.0
+IDENTITY_SWITCH_S: Final = 30
+"""Seconds between an identity succession and the first signature by the new key."""
+BALANCE_S: Final = 30.0
 
 
 class NoAgreement(NodeError):
@@ -102,17 +134,31 @@ class Node:
     history: KeyHistory
     journal: CaseJournal
     attachments: AttachmentStore
+    vault: CaseVault
     ledger: CaseLedger = field(init=False)
+    documents: DocumentRecords = field(init=False)
     _trust: TrustState | None = None
     _bundle: bytes | None = None
     _decryption: Mapping[bytes, DecryptionKey] = field(default_factory=dict)
+    on_keys_changed: Callable[[], None] | None = None
+    wake_sender: Callable[[str], None] = field(default=lambda peer: None)  # serve sets it
+    _bundle_epoch: int | None = None
+    _signed_bundle: bytes = b""
+    _sequence: int = 0
+    _log_size: int = 0
+    _identities: tuple[tuple[int, Ed25519PrivateKey], ...] = ()
 
     def __post_init__(self) -> None:
         rules = CaseRules(
             city=self.config.city, agreement=lambda: self.trust().agreement, today=self.today
         )
-        self.ledger = CaseLedger(
-            city=self.config.city, cases=self.cases, journal=self.journal, rules=rules
+        self.documents = DocumentRecords(self.db, self.vault, self.clock)
+        self.ledger = DocumentLedger(
+            city=self.config.city,
+            cases=self.cases,
+            journal=self.journal,
+            rules=rules,
+            documents=self.documents,
         )
 
     @classmethod
@@ -150,6 +196,7 @@ class Node:
             history=KeyHistory(db, limits.protocol),
             journal=CaseJournal(db, vault, limits.protocol),
             attachments=AttachmentStore(config.data_dir / "attachments"),
+            vault=vault,
         )
         await node.reload_keys()
         await node.reload_trust()
@@ -162,11 +209,17 @@ class Node:
     # --- own keys ---------------------------------------------------------------------------
 
     async def reload_keys(self) -> None:
-        """Make sure a next encryption key exists, then rebuild the bundle and the key maps."""
+        """Make sure a next encryption key exists, log new windows, rebuild the bundle and maps."""
         now = int(self.clock())
-        if ensure_next_key(self.keystore, self.config.keys, now):
-            self.own = load_own_keys(self.keystore)
         log = await self.history.load()
+        announced = announced_windows(log)
+        if ensure_next_key(self.keystore, self.config.keys, now, announced):
+            self.own = load_own_keys(self.keystore)
+        if log.size:  # initialised: every key's window is logged once, before peers see it
+            changes = pending_announcements(self.own, self.config.keys, announced)
+            if changes:
+                log = await self.history.append(changes, now)
+                announced = announced_windows(log)
         self._decryption = decryption_keys(self.keystore, self.own.encryption)
         bundle = own_bundle(
             self.own,
@@ -176,13 +229,115 @@ class Node:
             key_log=log.head_record(),
             now=now,
             limits=self.config.limits.protocol,
+            announced=announced,
+            previous_sequence=self._sequence,
         )
-        self._bundle = encode_package(bundle, (self.tls.certificate_pem,))
+        self._sequence = verify_bundle(bundle, None, now, self.config.limits.protocol).sequence
+        pair = current_and_next(self.own.encryption, self.config.keys, now, announced)
+        self._bundle_epoch = pair[0].epoch if pair else None
+        self._signed_bundle = bundle
+        self._log_size = log.size
+        successions = own_successions(log)
+        self._identities = signing_identities(self.keystore, successions)
+        self._bundle = encode_package(
+            bundle, (self.tls.certificate_pem,), successions, own_revocations(log)
+        )
+        if self.on_keys_changed is not None:
+            self.on_keys_changed()
+
+    async def rotate_encryption(self) -> None:
+        """Make the next encryption key current now, announce a new next key (``keys rotate``)."""
+        now = int(self.clock())
+        announced = announced_windows(await self.history.load())
+        changes = rotate_encryption(self.keystore, self.own, self.config.keys, announced, now)
+        await self.history.append(changes, now)
+        self.own = load_own_keys(self.keystore)
+        await self.reload_keys()
+
+    def identity_at(self, at: int) -> Ed25519PrivateKey:
+        """The identity key that signs what this node dates ``at`` (envelopes, receipts)."""
+        signing = [key for valid_from, key in self._identities if valid_from <= at]
+        return signing[-1] if signing else self.own.identity
+
+    async def rotate_identity(self, *, switch_after_s: int = IDENTITY_SWITCH_S) -> int:
+        """Succeed the identity key by a new one (``keys rotate --kind identity``).
+
+        The succession, signed by the old and the new key, is logged and served in the package
+        at once (the bundle is signed by the new key); envelopes and receipts dated before
+        ``now + switch_after_s`` are still signed by the old key, so peers have that long to
+        follow the chain before the first signature by the new key reaches them.
+
+        Returns:
+            The succession's ``effective_from``.
+        """
+        now = int(self.clock())
+        effective_from = now + switch_after_s
+        created = self.keystore.generate_identity()
+        statement = sign_succession(
+            self.own.identity,
+            self.keystore.load_identity(created.key_id),
+            city=self.config.city,
+            effective_from=effective_from,
+        )
+        await self.history.append([(EntryKind.SUCCESSION, statement)], now)
+        self.own = load_own_keys(self.keystore)
+        await self.reload_keys()
+        logger.info("keys [%s] identity key succeeded from %d", self.config.city, effective_from)
+        return effective_from
+
+    async def revoke_identity(self, compromised_since: int) -> bytes:
+        """Declare this node's current identity key compromised since a time (``keys revoke``).
+
+        The revocation, signed by the key itself, is logged and served in the package; peers
+        refuse what that key signed at or after ``compromised_since`` (and any succession made
+        by it from then on). The node gets a new key only through an agreement change.
+
+        Returns:
+            The signed revocation.
+        """
+        statement = sign_revocation(
+            self.own.identity,
+            city=self.config.city,
+            revoked_key=self.own.identity_stored.public_key,
+            compromised_since=compromised_since,
+        )
+        await self.history.append([(EntryKind.REVOCATION, statement)], int(self.clock()))
+        await self.reload_keys()
+        logger.warning(
+            "keys [%s] identity key revoked from %d", self.config.city, compromised_since
+        )
+        return statement
+
+    async def rotation_tick(self) -> None:
+        """The scheduled rotation: destroy keys past their grace, create and announce the next.
+
+        A key change made meanwhile by another process (``citynode keys rotate`` next to a
+        running node) shows as a longer key-history log: the keystore is indexed again first.
+        """
+        now = int(self.clock())
+        log = await self.history.load()
+        if log.size != self._log_size:
+            self.keystore.rescan()
+            self.own = load_own_keys(self.keystore)
+            await self.reload_keys()
+            log = await self.history.load()
+        announced = announced_windows(log)
+        destroyed = destroy_expired(self.keystore, self.own, self.config.keys, announced, now)
+        if destroyed:
+            await self.history.append(destroyed, now)
+            self.own = load_own_keys(self.keystore)
+        pair = current_and_next(self.own.encryption, self.config.keys, now, announced)
+        if destroyed or pair is None or pair[0].epoch != self._bundle_epoch:
+            await self.reload_keys()  # the schedule moved on to the next key: announce its next
 
     def package(self) -> bytes:
         """This node's public package (signed bundle + TLS certificate), as peers fetch it."""
         assert self._bundle is not None  # built by open()
         return self._bundle
+
+    def signed_bundle(self) -> bytes:
+        """This node's signed key bundle alone (what a ``KeyUpdate`` carries)."""
+        return self._signed_bundle
 
     def decryption(self) -> Mapping[bytes, DecryptionKey]:
         """Our encryption private keys still held, by key id."""
@@ -212,24 +367,29 @@ class Node:
             return
         bundles: dict[str, VerifiedKeyBundle] = {}
         certificates: dict[str, tuple[bytes, ...]] = {}
+        chains: dict[str, tuple[VerifyKey, ...]] = {}
+        limits = self.config.limits.protocol
         for record in await self.peers.all():
             member = next((m for m in agreement.document.members if m.city == record.city), None)
             if member is None or record.bundle is None:
                 continue
             try:
-                bundles[record.city] = verify_bundle(
-                    record.bundle,
-                    member.identity_key,
-                    int(self.clock()),
-                    self.config.limits.protocol,
+                chain = verify_succession_chain(
+                    identity_key(member.identity_key), record.identity_successions, limits=limits
                 )
+                bundles[record.city] = verify_bundle(
+                    record.bundle, chain[-1].public_key, int(self.clock()), limits
+                )
+                for revocation in record.identity_revocations:
+                    chain = apply_revocation(chain, revocation)
             except ProtocolError as e:
                 logger.warning(
                     "keys [%s] stored bundle no longer verifies: %s", record.city, e.code
                 )
                 continue
+            chains[record.city] = chain
             certificates[record.city] = tuple(record.tls_certificates)
-        self._trust = TrustState.build(self.config.city, agreement, bundles, certificates)
+        self._trust = TrustState.build(self.config.city, agreement, bundles, certificates, chains)
 
     async def _load_agreement(self) -> VerifiedAgreement | None:
         async with self.db.reading() as s:
@@ -257,21 +417,63 @@ class Node:
             now=int(self.clock()),
             limits=self.config.limits.protocol,
         )
-        current = trust.peers[city].bundle
-        if current is not None and current.signed_bytes == package.bundle.signed_bytes:
+        peer = trust.peers[city]
+        if (
+            peer.bundle is not None
+            and peer.bundle.signed_bytes == package.bundle.signed_bytes
+            and peer.identity == package.identity_chain
+        ):
             return False
         await self.peers.upsert_peer(city, member.endpoint)
         await self.peers.store_bundle(
-            city, package.bundle.signed_bytes, package.bundle.sequence, package.certificates
+            city,
+            package.bundle.signed_bytes,
+            package.bundle.sequence,
+            package.certificates,
+            successions=package.successions,
+            revocations=package.revocations,
         )
         await self.reload_trust()
         logger.info("keys [%s] new key package stored (sequence %d)", city, package.bundle.sequence)
         return True
 
+    async def accept_bundle(self, city: str, data: bytes) -> bool | None:
+        """Store a peer's bundle pushed to us (``KeyUpdate``), if it verifies and is newer.
+
+        Returns:
+            True when stored, False when it is what we hold, ``None`` when it pins a TLS
+            certificate we do not have yet or is signed by a new identity key (fetch the peer's
+            package instead: it carries the certificates and the succession statements).
+
+        Raises:
+            RemoteProtocolError: it does not verify, or it would roll the peer's keys back.
+        """
+        peer = self.trust().peer(city)
+        try:
+            bundle = verify_bundle(
+                data, peer.identity[-1].public_key, int(self.clock()), self.config.limits.protocol
+            )
+        except RemoteProtocolError as e:
+            if e.code == ErrorCode.UNKNOWN_KEY:  # signed by a successor we have not followed yet
+                return None
+            raise
+        if peer.bundle is not None:
+            if peer.bundle.signed_bytes == bundle.signed_bytes:
+                return False
+            check_bundle_update(peer.bundle, bundle)
+        pinned = {pin_of_certificate_pem(pem): pem for pem in peer.certificates}
+        if not set(bundle.tls_pins) <= set(pinned):
+            return None
+        certificates = tuple(pinned[pin] for pin in bundle.tls_pins)
+        await self.peers.store_bundle(city, bundle.signed_bytes, bundle.sequence, certificates)
+        await self.reload_trust()
+        logger.info("keys [%s] pushed key bundle stored (sequence %d)", city, bundle.sequence)
+        return True
+
     async def record_initial_keys(self) -> None:
         """Append the node's first keys to its key-history log (``citynode init``)."""
         changes = [(EntryKind.IDENTITY_KEY, self.own.identity_stored.public_key)]
-        changes += [(EntryKind.ENCRYPTION_KEY, key.public_key) for key in self.own.encryption]
+        changes += pending_announcements(self.own, self.config.keys, {})
         changes.append((EntryKind.TLS_PIN, self.tls.pin()))
         await self.history.append(changes, int(self.clock()))
         await self.reload_keys()
@@ -282,7 +484,7 @@ class Node:
         """The sender of protocol messages, waking ``notify(peer)`` after each commit."""
         return Outgoing(
             city=self.config.city,
-            identity=self.own.identity,
+            identity=self.identity_at,
             trust=self.trust,
             db=self.db,
             outbox=self.outbox,
@@ -360,36 +562,52 @@ def _operator_app(
     return app
 
 
-async def _heartbeat(
-    node: Node, client: FederationClient, dispatcher: OutboxDispatcher, context: ssl.SSLContext
-) -> None:
-    """Fetch every peer's package every few seconds: fresh keys, and a sign of life to each peer."""
-    while True:
-        for city in list(node.trust().peers):
-            try:
-                data = await client.fetch_keys(city)
-                if await node.accept_package(city, data):
-                    trust_peer_certificates(context, node.trust().peer(city).certificates)
-                dispatcher.peer_seen(city)
-            except (NodeError, ProtocolError) as e:
-                logger.debug("keys [%s] heartbeat failed: %s", city, e.code)
-            except Exception:  # the loop must not die; the reason is logged
-                logger.exception("keys [%s] heartbeat failed", city)
-        await asyncio.sleep(HEARTBEAT_S)
-
-
 async def _housekeeping(node: Node) -> None:
-    """Forget replay records whose timestamp has left the window, once a minute."""
+    """Once a minute: forget replay records whose timestamp has left the window, and shred the
+    ended cases whose retention period has run out (``node.retention``)."""
+    retention = CaseRetention(
+        db=node.db,
+        cases=node.cases,
+        audit=AuditTrail(node.db, node.clock),
+        after_days=node.config.retention.shred_case_key_after_days,
+        clock=node.clock,
+    )
     while True:
         try:
             purged = await node.inbox.purge_replay(node.clock())
             if purged:
                 logger.info("node [%s] %d expired replay records purged", node.config.city, purged)
+            await retention.shred_due()
         except NodeError as e:
             logger.warning("node [%s] replay purge failed: %s", node.config.city, e.code)
         except Exception:  # the loop must not die; the reason is logged
             logger.exception("node [%s] housekeeping failed", node.config.city)
         await asyncio.sleep(HOUSEKEEPING_S)
+
+
+async def _balance_statements(announcer: BalanceAnnouncer, every_s: float) -> None:
+    """State this node's relocation counts to its peers (``node.balance``): first ``every_s``
+    after the start (the peers' keys are fetched by then), then whenever they changed."""
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            await announcer.announce()
+        except NodeError as e:
+            logger.warning("balance statements failed: %s", e.code)
+        except Exception:  # the loop must not die; the reason is logged
+            logger.exception("balance statements failed")
+
+
+def _document_fetcher(node: Node, client: FederationClient) -> DocumentFetcher:
+    """The fetcher of received referrals' documents (``node.cases.document_fetch``)."""
+    return DocumentFetcher(
+        records=node.documents,
+        store=node.attachments,
+        root=node.config.data_dir / "attachments",
+        download=client.download_attachment,
+        clock=node.clock,
+        limits=node.config.limits.protocol,
+    )
 
 
 def _case_api(node: Node, dispatcher: OutboxDispatcher) -> web.Application:
@@ -404,6 +622,22 @@ def _case_api(node: Node, dispatcher: OutboxDispatcher) -> web.Application:
         audit=audit,
         trust=node.trust,
         clock=node.clock,
+        documents=node.documents,
+    )
+    documents = DocumentService(
+        city=node.config.city,
+        records=node.documents,
+        store=node.attachments,
+        audit=audit,
+        limits=node.config.limits.protocol,
+        max_document_bytes=node.config.limits.max_case_document_bytes,
+    )
+    balance = BalanceService(
+        city=node.config.city,
+        db=node.db,
+        audit=audit,
+        members=lambda: [m.city for m in node.trust().agreement.document.members],
+        clock=node.clock,
     )
     return create_case_api(
         service,
@@ -411,11 +645,16 @@ def _case_api(node: Node, dispatcher: OutboxDispatcher) -> web.Application:
         city=node.config.city,
         max_body_bytes=node.config.limits.max_api_request_bytes,
         clock=node.clock,
+        documents=documents,
+        balance=balance,
     )
 
 
-async def serve(node: Node, stop: asyncio.Event) -> None:
+async def serve(node: Node, stop: asyncio.Event, *, balance_every_s: float = BALANCE_S) -> None:
     """Run the node until ``stop`` is set: listeners, sender loops and the heartbeat.
+
+    ``balance_every_s``: how often the node checks its relocation counts and states them to its
+    peers when they changed (``node.balance``).
 
     Raises:
         NoAgreement: no agreement adopted yet.
@@ -438,10 +677,13 @@ async def serve(node: Node, stop: asyncio.Event) -> None:
         backoff=Backoff.from_limits(config.limits),
         metrics=node.metrics,
         clock=node.clock,
+        on_unknown_key=lambda city: keys.refresh(city),  # noqa: PLW0108 (bound below)
     )
+    ssl_context = server_context(node.tls, trust.all_peer_certificates())
+    keys = KeyExchange(node, client, dispatcher, ssl_context)
     handler = InboxProcessor(
         city=config.city,
-        identity=node.own.identity,
+        identity=node.identity_at,
         decryption_keys=node.decryption,
         trust=node.trust,
         inbox=node.inbox,
@@ -449,6 +691,7 @@ async def serve(node: Node, stop: asyncio.Event) -> None:
         metrics=node.metrics,
         clock=node.clock,
         limits=config.limits.protocol,
+        on_accepted=keys.on_accepted,
     )
 
     async def key_state() -> bytes:
@@ -467,7 +710,6 @@ async def serve(node: Node, stop: asyncio.Event) -> None:
         attachments=node.attachments,
         attachment_source=node.attachments.source(),
     )
-    ssl_context = server_context(node.tls, trust.all_peer_certificates())
     runners = [
         web.AppRunner(federation, access_log=None),
         web.AppRunner(
@@ -487,8 +729,20 @@ async def serve(node: Node, stop: asyncio.Event) -> None:
         for site in sites:
             await site.start()
         dispatcher.start(trust.peers)
-        background.append(asyncio.create_task(_heartbeat(node, client, dispatcher, ssl_context)))
+        node.on_keys_changed = keys.changed.set
+        node.wake_sender = dispatcher.notify
+        background.append(asyncio.create_task(heartbeat(keys)))
+        background.append(asyncio.create_task(keys.rotation(node.outgoing(dispatcher.notify))))
         background.append(asyncio.create_task(_housekeeping(node)))
+        announcer = BalanceAnnouncer(
+            city=config.city,
+            db=node.db,
+            outgoing=node.outgoing(dispatcher.notify),
+            peers=lambda: list(node.trust().peers),
+            clock=node.clock,
+        )
+        background.append(asyncio.create_task(_balance_statements(announcer, balance_every_s)))
+        background.append(asyncio.create_task(_document_fetcher(node, client).run()))
         logger.info(
             "node [%s] serving: federation %s:%d, api %s:%d",
             config.city,
@@ -499,7 +753,9 @@ async def serve(node: Node, stop: asyncio.Event) -> None:
         )
         await stop.wait()
     finally:
-        for task in background:
+        node.on_keys_changed = None
+        node.wake_sender = no_sender
+        for task in [*background, *keys.tasks]:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task

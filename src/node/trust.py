@@ -4,9 +4,11 @@ Owns the answer to "which keys count for whom" on the node side. Invariants:
 
 * Trust has one root, the signed agreement the node adopted (``protocol.agreement``): a peer is a
   member of it, its identity key is the member's key there, its endpoint is the member's endpoint.
-* A peer's encryption keys and TLS pins come from its **key bundle**, signed by that identity key
-  (``protocol.key_bundle.verify_bundle`` with the agreement's key as the expected identity). A
-  bundle signed by any other key never enters a snapshot.
+* A peer's encryption keys and TLS pins come from its **key bundle**, signed by its current
+  identity key: the agreement's key, or the last key of the chain that leads from it through the
+  peer's succession statements (each signed by the old and the new key). A bundle signed by any
+  other key never enters a snapshot. The chain's old keys stay, each valid up to its succession
+  time, so what they signed before (receipts, envelopes still being retried) still verifies.
 * The TLS pins accepted for a peer are the agreement's pins for the member and those of its
   bundle: the bundle lets a node rotate its TLS certificate with overlapping pins without a new
   agreement version (add the new pin, switch, retire the old).
@@ -76,6 +78,7 @@ class TrustState:
         agreement: VerifiedAgreement,
         bundles: Mapping[str, VerifiedKeyBundle],
         certificates: Mapping[str, Sequence[bytes]],
+        chains: Mapping[str, Sequence[VerifyKey]] | None = None,
     ) -> TrustState:
         """Assemble a snapshot from the agreement and the peers' verified bundles and certificates.
 
@@ -85,6 +88,9 @@ class TrustState:
             bundles: each peer's verified bundle (verified against the agreement's identity key).
             certificates: each peer's TLS certificates (PEM); those whose pin is not accepted
                 are left out.
+            chains: each peer's identity keys, verified from the agreement's key through its
+                succession statements (``protocol.succession.verify_succession_chain``); a peer
+                without one has just the agreement's key.
 
         Returns:
             The snapshot.
@@ -100,9 +106,16 @@ class TrustState:
             if member.city == city:
                 continue
             bundle = bundles.get(member.city)
-            if bundle is not None and bundle.identity_key != member.identity_key:
+            chain = tuple((chains or {}).get(member.city, ())) or (
+                identity_key(member.identity_key),
+            )
+            if chain[0].public_key != member.identity_key:
                 raise UnknownPeer(
-                    f"the key bundle of {member.city} is not signed by its member key"
+                    f"the identity keys of {member.city} do not start at its member key"
+                )
+            if bundle is not None and bundle.identity_key != chain[-1].public_key:
+                raise UnknownPeer(
+                    f"the key bundle of {member.city} is not signed by its current identity key"
                 )
             pins = frozenset(member.tls_pins) | frozenset(bundle.tls_pins if bundle else ())
             certs = tuple(
@@ -113,7 +126,7 @@ class TrustState:
             peers[member.city] = PeerKeys(
                 city=member.city,
                 endpoint=member.endpoint,
-                identity=(identity_key(member.identity_key),),
+                identity=chain,
                 bundle=bundle,
                 certificates=certs,
                 pins=pins,

@@ -69,6 +69,7 @@ class EntryKind(IntEnum):
     SUCCESSION = 4
     REVOCATION = 5
     AGREEMENT_ADOPTED = 6
+    ENCRYPTION_KEY_DESTROYED = 7
 
 
 class KeyLogEntry(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields=True):

@@ -2,8 +2,8 @@
 
 Owns the case-flow messages of MISSION.md (inquiry, reply, referral, intake, progress report,
 closure) and the control messages (key update, agreement proposal and signature, key-log
-checkpoint). Receipts are signed, not sealed, and live in ``protocol.sealing``. The wire format of
-each message, field by field, is in ``docs/spec/20-messages.md``.
+checkpoint, balance statement). Receipts are signed, not sealed, and live in ``protocol.sealing``.
+The wire format of each message, field by field, is in ``docs/spec/20-messages.md``.
 
 Invariants:
 
@@ -26,6 +26,7 @@ Invariants:
 from __future__ import annotations
 
 import datetime
+import itertools
 import re
 from enum import StrEnum
 from typing import Annotated, Any, Final, cast
@@ -39,6 +40,7 @@ from protocol.fields import (
     FIRST_DATE,
     LAST_DATE,
     CaseId,
+    CityName,
     Digest,
     Signature,
     UnitName,
@@ -67,6 +69,8 @@ MAX_ATTACHMENT_CHUNKS: Final = 2**32 - 1
 MAX_QUOTA: Final = 100
 MAX_CONTROL_PAYLOAD_BYTES: Final = 192 * 1024
 MAX_VERSION: Final = 2**32 - 1
+MAX_BALANCE_COUNT: Final = 2**16 - 1
+MAX_BALANCE_CITIES: Final = 512  # as many cities as an agreement has members at most
 
 ShortText = Annotated[str, msgspec.Meta(max_length=SHORT_TEXT_CHARS)]
 ReportText = Annotated[str, msgspec.Meta(max_length=REPORT_TEXT_CHARS)]
@@ -474,6 +478,66 @@ class KeylogCheckpoint(Message, tag=19, frozen=True):
     checkpoint: ControlPayload
 
 
+class CityCount(_Record, frozen=True):
+    """How many relocations a balance statement counts with one other city.
+
+    Attributes:
+        city: the other city.
+        count: how many, at least 1 (a city with none is left out).
+    """
+
+    city: CityName
+    count: Annotated[int, msgspec.Meta(ge=1, le=MAX_BALANCE_COUNT)]
+
+
+CityCounts = Annotated[tuple[CityCount, ...], msgspec.Meta(max_length=MAX_BALANCE_CITIES)]
+
+
+class BalanceStatement(Message, tag=20, frozen=True):
+    """A city's own count of the relocations it took part in during one year: anonymous.
+
+    Unlike the control messages above it is not an opaque payload: its fields are the statement.
+    A relocation counts in the year of its referral's quota (``QuotaCount.year``), at the home
+    city as sent and at the receiving city as received. No field names a case or a person.
+
+    Attributes:
+        city: the stating city (the envelope's sender; the receiving node checks it is).
+        year: the year counted.
+        sent: referrals this city made as home city in that year: the sum of ``sent_to``.
+        received: referrals it received as receiving city: the sum of ``received_from``.
+        as_of: the day the counts were taken, in or after ``year``.
+        sent_to: the referrals sent, per receiving city, in ascending order of city, each city
+            once and not the stating city.
+        received_from: the referrals received, per home city, in the same order and rules.
+    """
+
+    city: CityName
+    year: Annotated[int, msgspec.Meta(ge=FIRST_DATE.year, le=LAST_DATE.year)]
+    sent: Annotated[int, msgspec.Meta(ge=0, le=MAX_BALANCE_COUNT)]
+    received: Annotated[int, msgspec.Meta(ge=0, le=MAX_BALANCE_COUNT)]
+    as_of: datetime.date
+    sent_to: CityCounts
+    received_from: CityCounts
+
+    def __post_init__(self) -> None:
+        check_date(self.as_of, "balance_statement as_of")
+        require(self.as_of.year >= self.year, "balance_statement as_of precedes its year")
+        for counts, total, field in (
+            (self.sent_to, self.sent, "sent_to"),
+            (self.received_from, self.received, "received_from"),
+        ):
+            cities = [entry.city for entry in counts]
+            require(
+                all(a < b for a, b in itertools.pairwise(cities)),
+                f"balance_statement {field} must list each city once, in ascending order",
+            )
+            require(self.city not in cities, f"balance_statement {field} names the stating city")
+            require(
+                sum(entry.count for entry in counts) == total,
+                f"balance_statement {field} does not add up to its total",
+            )
+
+
 # ---------------------------------------------------------------------------------------------
 # The catalogue.
 
@@ -489,6 +553,7 @@ MESSAGE_TYPES: Final[tuple[type[Message], ...]] = (
     AgreementProposal,
     AgreementSignature,
     KeylogCheckpoint,
+    BalanceStatement,
 )
 
 AnyMessage = (
@@ -502,13 +567,14 @@ AnyMessage = (
     | AgreementProposal
     | AgreementSignature
     | KeylogCheckpoint
+    | BalanceStatement
 )
 
 CASE_MESSAGES: Final[frozenset[type[Message]]] = frozenset(
     {Inquiry, Reply, Referral, Intake, ProgressReport, Closure}
 )
 CONTROL_MESSAGES: Final[frozenset[type[Message]]] = frozenset(
-    {KeyUpdate, AgreementProposal, AgreementSignature, KeylogCheckpoint}
+    {KeyUpdate, AgreementProposal, AgreementSignature, KeylogCheckpoint, BalanceStatement}
 )
 
 _TYPE_NAMES: Final[dict[type[Message], str]] = {
@@ -522,6 +588,7 @@ _TYPE_NAMES: Final[dict[type[Message], str]] = {
     AgreementProposal: "agreement_proposal",
     AgreementSignature: "agreement_signature",
     KeylogCheckpoint: "keylog_checkpoint",
+    BalanceStatement: "balance_statement",
 }
 
 

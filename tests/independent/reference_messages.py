@@ -222,6 +222,8 @@ QUOTA = record(
     (f("year", integer(2000, 2100)), f("index", integer(1, 100)), f("total", integer(1, 100))),
 )
 
+CITY_COUNT = record("city_count", (f("city", unit_name), f("count", integer(1, 65535))))
+
 MESSAGES: dict[int, tuple[str, tuple[Field, ...]]] = {
     1: (
         "inquiry",
@@ -297,6 +299,18 @@ MESSAGES: dict[int, tuple[str, tuple[Field, ...]]] = {
         ),
     ),
     19: ("keylog_checkpoint", (Field("checkpoint", payload(196608), unhex),)),
+    20: (
+        "balance_statement",
+        (
+            f("city", unit_name),
+            f("year", integer(2000, 2100)),
+            f("sent", integer(0, 65535)),
+            f("received", integer(0, 65535)),
+            f("as_of", date),
+            array_of(Field("sent_to", CITY_COUNT.check, CITY_COUNT.build), 0, 512),
+            array_of(Field("received_from", CITY_COUNT.check, CITY_COUNT.build), 0, 512),
+        ),
+    ),
 }
 TAGS = {type_name: tag for tag, (type_name, _) in MESSAGES.items()}
 
@@ -320,6 +334,21 @@ def _relations(m: dict[str, Any]) -> None:
             raise Refused("invalid_field", "referral")
         if any(d["chunk_count"] > max(1, d["size"]) for d in docs):
             raise Refused("invalid_field", "chunk_count")
+    if kind == "balance_statement":
+        _balance_relations(m)
+
+
+def _balance_relations(m: dict[str, Any]) -> None:
+    """§3.5 BalanceStatement: as_of not before the year; each list ascending, without the
+    stating city, adding up to its total."""
+    if int(m["as_of"][:4]) < m["year"]:
+        raise Refused("invalid_field", "as_of")
+    for name, total in (("sent_to", m["sent"]), ("received_from", m["received"])):
+        cities = [entry["city"] for entry in m[name]]
+        if cities != sorted(set(cities)) or m["city"] in cities:  # ascending, each once
+            raise Refused("invalid_field", name)
+        if sum(entry["count"] for entry in m[name]) != total:
+            raise Refused("invalid_field", name)
 
 
 # -------------------------------------------------------------------- §3.1 decoding

@@ -107,10 +107,10 @@ def refused(tmp_path: Path, stream: Path, reference: AttachmentRef) -> ErrorCode
 
 
 def test_tampered_stream_leaves_no_document_behind(tmp_path: Path) -> None:
-    stream, sent = seal_file(tmp_path, document(5 * CHUNK + 7))
+    last = 2 * attachment_files.BLOCK_CHUNKS + 1  # two blocks go to the writer first
+    stream, sent = seal_file(tmp_path, document(last * CHUNK + 7))
     data = bytearray(stream.read_bytes())
-    # Inside the sixth and last chunk: the first read's four chunks were already written out.
-    data[HEADER_BYTES + 5 * (CHUNK + FRAME_OVERHEAD_BYTES) + 10] ^= 0x40
+    data[HEADER_BYTES + last * (CHUNK + FRAME_OVERHEAD_BYTES) + 10] ^= 0x40  # in the last chunk
     stream.write_bytes(data)
     assert refused(tmp_path, stream, reference_for(sent)) is ErrorCode.ATTACHMENT_CORRUPT
 
@@ -203,4 +203,4 @@ def test_large_document_streams_through_in_flat_memory(tmp_path: Path) -> None:
     finally:
         tracemalloc.stop()
     assert sent.size == received.stat().st_size == size
-    assert peak < 3 * 1024 * 1024, f"peak {peak} bytes"
+    assert peak < 5 * 1024 * 1024, f"peak {peak} bytes"  # the buffers: about 3.5 MiB

@@ -7,8 +7,9 @@ numbers), with a check digit computed here independently of ``protocol.personnum
 Public strategies: ``personnummer_canonical()``, ``inquiries()``, ``replies()``, ``referrals()``,
 ``intakes()``, ``progress_reports()``, ``closures()``, ``key_updates()``,
 ``agreement_proposals()``, ``agreement_signatures()``, ``keylog_checkpoints()``,
-``case_messages()``, ``control_messages()``, ``messages()`` and ``MESSAGE_STRATEGIES`` (one per
-type). ``SAMPLE_MESSAGES`` holds one fixed valid message per type, for fuzz corpora and vectors.
+``balance_statements()``, ``case_messages()``, ``control_messages()``, ``messages()`` and
+``MESSAGE_STRATEGIES`` (one per type). ``SAMPLE_MESSAGES`` holds one fixed valid message per
+type, for fuzz corpora and vectors.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from protocol.messages import (
     AgreementProposal,
     AgreementSignature,
     AttachmentRef,
+    BalanceStatement,
+    CityCount,
     Closure,
     ClosureReason,
     Decision,
@@ -263,6 +266,26 @@ def keylog_checkpoints() -> st.SearchStrategy[KeylogCheckpoint]:
     return st.builds(KeylogCheckpoint, checkpoint=_payloads)
 
 
+@st.composite
+def balance_statements(draw: st.DrawFn) -> BalanceStatement:
+    """Balance statements: per-city counts in ascending order of city, totals that add up."""
+    city = draw(unit_names)
+    others = st.lists(unit_names.filter(lambda name: name != city), max_size=6, unique=True)
+    counts = st.integers(1, 100)
+    sent_to = tuple(CityCount(city=c, count=draw(counts)) for c in sorted(draw(others)))
+    received_from = tuple(CityCount(city=c, count=draw(counts)) for c in sorted(draw(others)))
+    year = draw(st.integers(FIRST_DATE.year, LAST_DATE.year))
+    return BalanceStatement(
+        city=city,
+        year=year,
+        sent=sum(entry.count for entry in sent_to),
+        received=sum(entry.count for entry in received_from),
+        as_of=draw(st.dates(datetime.date(year, 1, 1), LAST_DATE)),
+        sent_to=sent_to,
+        received_from=received_from,
+    )
+
+
 MESSAGE_STRATEGIES: dict[type[Message], Callable[[], st.SearchStrategy[Any]]] = {
     Inquiry: inquiries,
     Reply: replies,
@@ -274,6 +297,7 @@ MESSAGE_STRATEGIES: dict[type[Message], Callable[[], st.SearchStrategy[Any]]] = 
     AgreementProposal: agreement_proposals,
     AgreementSignature: agreement_signatures,
     KeylogCheckpoint: keylog_checkpoints,
+    BalanceStatement: balance_statements,
 }
 assert set(MESSAGE_STRATEGIES) == set(MESSAGE_TYPES), "a message type has no strategy"
 
@@ -286,7 +310,11 @@ def case_messages() -> st.SearchStrategy[Message]:
 def control_messages() -> st.SearchStrategy[Message]:
     """Any valid control message."""
     return st.one_of(
-        key_updates(), agreement_proposals(), agreement_signatures(), keylog_checkpoints()
+        key_updates(),
+        agreement_proposals(),
+        agreement_signatures(),
+        keylog_checkpoints(),
+        balance_statements(),
     )
 
 
@@ -363,4 +391,13 @@ SAMPLE_MESSAGES: tuple[Message, ...] = (
         signature=bytes(64),
     ),
     KeylogCheckpoint(checkpoint=b"\x92\x07\xc4\x00"),
+    BalanceStatement(
+        city="stockholm",
+        year=2026,
+        sent=3,
+        received=0,
+        as_of=datetime.date(2026, 11, 30),
+        sent_to=(CityCount(city="goteborg", count=2), CityCount(city="malmo", count=1)),
+        received_from=(),
+    ),
 )

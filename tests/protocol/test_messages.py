@@ -68,6 +68,7 @@ PUBLISHED_TAGS = {
     "agreement_proposal": 17,
     "agreement_signature": 18,
     "keylog_checkpoint": 19,
+    "balance_statement": 20,
 }
 
 
@@ -179,6 +180,10 @@ KNOWN_ANSWERS = {
         "00"
     ),
     "keylog_checkpoint": "9213c4049207c400",
+    "balance_statement": (
+        "9814a973746f636b686f6c6dcd07ea0300aa323032362d31312d33309292a8676f7465626f72670292"
+        "a56d616c6d6f0190"
+    ),
 }
 
 
@@ -550,7 +555,7 @@ def test_unassigned_tag_is_refused_as_unknown_message_type(tag: int) -> None:
         b"\x91\xd0\x80",  # int8 -128
         b"\x91\xcd\x01\x00",  # uint16 256
         b"\x91\xcf" + bytes(7) + b"\x01",  # uint64 1: a non-minimal encoding is not a tag
-        b"\xdc\x00\x01\x14",  # array16 holding tag 20
+        b"\xdc\x00\x01\x15",  # array16 holding tag 21
         b"\xdd\x00\x00\x00\x01\xcc\x1f",  # array32 holding uint8 tag 31
     ],
 )

@@ -8,7 +8,7 @@ fields to exactly its body); ``tests/independent/`` decodes it with a second imp
 
 The file holds:
 
-* ``messages``: one or more samples of each type (tags 1-6 and 16-19), each with its fields in
+* ``messages``: one or more samples of each type (tags 1-6 and 16-20), each with its fields in
   JSON (``{"type": name, field: value, ...}``, as in ``envelopes.json``; bytes as lower-case hex,
   dates as ``YYYY-MM-DD``, nested records as objects, absent optionals as ``null``) and its
   ``body``, the exact shortest-form encoding;
@@ -47,6 +47,8 @@ from protocol.messages import (
     AgreementProposal,
     AgreementSignature,
     AttachmentRef,
+    BalanceStatement,
+    CityCount,
     Closure,
     ClosureReason,
     Decision,
@@ -359,6 +361,42 @@ SAMPLES: tuple[tuple[str, Message], ...] = (
     ("agreement proposal", AgreementProposal(version=4, document=DOCUMENT)),
     ("agreement signature", _agreement_signature()),
     ("keylog checkpoint", KeylogCheckpoint(checkpoint=b"\x93\xc4\x01\x00\xc4\x00\xc4\x00")),
+    (
+        "balance statement of a home city",  # the seed: Stockholm sent three, received none
+        BalanceStatement(
+            city="stockholm",
+            year=2026,
+            sent=3,
+            received=0,
+            as_of=_date("2026-11-30"),
+            sent_to=(CityCount(city="goteborg", count=2), CityCount(city="malmo", count=1)),
+            received_from=(),
+        ),
+    ),
+    (
+        "balance statement of a city that sent and received",
+        BalanceStatement(
+            city="goteborg",
+            year=2025,
+            sent=1,
+            received=2,
+            as_of=_date("2026-01-02"),
+            sent_to=(CityCount(city="malmo", count=1),),
+            received_from=(CityCount(city="stockholm", count=2),),
+        ),
+    ),
+    (
+        "balance statement counting nothing",
+        BalanceStatement(
+            city="malmo",
+            year=2026,
+            sent=0,
+            received=0,
+            as_of=_date("2026-03-01"),
+            sent_to=(),
+            received_from=(),
+        ),
+    ),
 )
 
 
@@ -394,6 +432,7 @@ INQUIRY = "inquiry with every field"
 REFERRAL = "referral of a protected person with one document"
 AT_HOME = "referral with an address and no document"
 REPORT = "progress report of one day"
+BALANCE = "balance statement of a home city"
 EMPTY_REPLY_BODY = codec.encode(_sample(REPLY))
 
 NONCANONICAL: tuple[tuple[str, str, bytes], ...] = (
@@ -544,6 +583,45 @@ def _refused() -> list[tuple[str, bytes, str, int | None]]:
         ),
         ("a blank report", _edit(REPORT, _set((5,), "\n\t ")), "invalid_field", None),
         ("an empty key bundle", b"\x92\x10\xc4\x00", "invalid_field", None),
+        ("balance sent not the sum", _edit(BALANCE, _set((3,), 4)), "invalid_field", None),
+        (
+            "balance cities out of order",
+            _edit(BALANCE, lambda r: r[6].reverse()),
+            "invalid_field",
+            None,
+        ),
+        (
+            "balance city counted twice",
+            _edit(BALANCE, _set((6,), [["goteborg", 2], ["goteborg", 1]])),
+            "invalid_field",
+            None,
+        ),
+        (
+            "balance counts the stating city",
+            _edit(BALANCE, _set((6, 1, 0), "stockholm")),
+            "invalid_field",
+            None,
+        ),
+        (
+            "balance count of zero",
+            _edit(BALANCE, lambda r: r[7].append(["malmo", 0])),
+            "invalid_field",
+            None,
+        ),
+        (
+            "balance as of a day before its year",
+            _edit(BALANCE, _set((5,), "2025-12-31")),
+            "invalid_field",
+            None,
+        ),
+        ("balance year 1999", _edit(BALANCE, _set((2,), 1999)), "invalid_field", None),
+        (
+            "balance city with a capital",
+            _edit(BALANCE, _set((1,), "Stockholm")),
+            "invalid_field",
+            None,
+        ),
+        ("balance count as a string", _edit(BALANCE, _set((3,), "3")), "bad_type", None),
         ("agreement version 0", b"\x93\x11\x00" + codec.encode(DOCUMENT), "invalid_field", None),
     ]
 

@@ -6,7 +6,13 @@ next to ``/healthz`` and ``/metrics``):
 * ``GET /api/v1/openapi.json`` — the OpenAPI 3.1 description (no token needed);
 * ``POST /api/v1/cases`` (201) and ``GET /api/v1/cases``;
 * ``GET /api/v1/cases/{id}`` (``purpose`` parameter or ``X-Purpose`` header to see the person);
-* ``POST /api/v1/cases/{id}/inquiry|reply|referral|intake|reports|close``.
+* ``POST /api/v1/cases/{id}/inquiry|reply|referral|intake|reports|close``;
+* ``POST|GET /api/v1/cases/{id}/attachments`` (upload a document: the raw body, its media type
+  as ``Content-Type`` or the ``media_type`` parameter, its name in the ``filename`` parameter;
+  list them) and ``GET /api/v1/cases/{id}/attachments/{attachment_id}`` (download one, with a
+  purpose): :mod:`node.cases.document_service`;
+* ``GET /api/v1/reports/balance`` (``year`` parameter, else every year): the balance between the
+  cities, :mod:`node.balance_report`.
 
 Invariants:
 
@@ -15,8 +21,9 @@ Invariants:
   the only identity a handler acts as.
 * Handlers parse at the edge (:mod:`node.api.requests`), call one service method, and encode the
   service's view; every failure becomes the one JSON error shape (:mod:`node.api.errors`).
-* Not built yet, and therefore not routed: ``GET /api/v1/reports/balance`` (the balance report)
-  and ``POST /api/v1/cases/{id}/attachments`` (documents): they answer 404 like any unknown path.
+* A document is streamed both ways, never read whole: an upload is encrypted as it arrives and
+  bounded by ``max_document_bytes`` (a larger declared length is 413 before any of it is read),
+  a download is decrypted into the response after its stream was verified in full.
 """
 
 from __future__ import annotations
@@ -24,14 +31,24 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
+from urllib.parse import quote
 
 import msgspec
 from aiohttp import web
 
 from node.access import Principal, Unauthenticated
 from node.api.errors import JSON, ApiError, answer_error, internal_error
-from node.api.openapi import CASE_ACTIONS, OPENAPI_PATH, PREFIX, openapi_document
+from node.api.openapi import (
+    CASE_ACTIONS,
+    FILENAME_PARAMETER,
+    MEDIA_TYPE_PARAMETER,
+    OPENAPI_PATH,
+    PREFIX,
+    YEAR_PARAMETER,
+    openapi_document,
+)
 from node.api.requests import (
+    CHUNK_BYTES,
     LIMIT_PARAMETER,
     PURPOSE_PARAMETER,
     case_id_of,
@@ -40,7 +57,18 @@ from node.api.requests import (
     read_json,
     refuse_unknown_parameters,
 )
+from node.balance_report import FIRST_YEAR, LAST_YEAR, BalanceService
 from node.cases.commands import NewInquiry
+from node.cases.document_service import (
+    DocumentNotFound,
+    DocumentNotReady,
+    DocumentService,
+    DocumentTooLarge,
+    DocumentUnreadable,
+    Download,
+    Upload,
+    attachment_id_of,
+)
 from node.cases.records import MAX_LISTED
 from node.cases.service import CaseService
 from node.cases.views import CaseView
@@ -65,6 +93,8 @@ def create_case_api(
     city: str,
     max_body_bytes: int,
     clock: Callable[[], float],
+    documents: DocumentService | None = None,
+    balance: BalanceService | None = None,
 ) -> web.Application:
     """Build the case API, to mount at ``/api/v1/`` (``app.add_subapp``).
 
@@ -74,6 +104,8 @@ def create_case_api(
         city: this node's city (named in the description).
         max_body_bytes: the largest request body (``NodeLimits.max_api_request_bytes``).
         clock: Unix seconds now (token expiry).
+        documents: the case documents, or ``None``: the attachment routes are then not served.
+        balance: the balance report, or ``None``: its route is then not served.
 
     Returns:
         The application.
@@ -123,7 +155,117 @@ def create_case_api(
         app.router.add_post(
             f"/cases/{{case_id}}/{action}", _action(service, action, max_body_bytes)
         )
+    if documents is not None:
+        _add_document_routes(app, documents)
+    if balance is not None:
+        app.router.add_get("/reports/balance", _balance_report(balance))
     return app
+
+
+def _balance_report(balance: BalanceService) -> Handler:
+    """The handler of ``GET /reports/balance``: one year (``year``), or every year."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        refuse_unknown_parameters(request, frozenset({YEAR_PARAMETER}))
+        text = request.query.get(YEAR_PARAMETER)
+        year = None
+        if text is not None:
+            if not (text.isascii() and text.isdigit() and len(text) == 4):
+                raise ApiError(422, "invalid_field", "year must be a year of four digits")
+            year = int(text)
+            if not FIRST_YEAR <= year <= LAST_YEAR:
+                raise ApiError(
+                    422, "invalid_field", f"year must lie between {FIRST_YEAR} and {LAST_YEAR}"
+                )
+        return _json(await balance.report(request[PRINCIPAL], year))
+
+    return handle
+
+
+_DOCUMENT_ERRORS: Final[tuple[tuple[type[NodeError], int], ...]] = (
+    (DocumentTooLarge, 413),
+    (DocumentNotFound, 404),
+    (DocumentNotReady, 409),
+    (DocumentUnreadable, 409),
+)
+
+
+def _document_error(error: NodeError) -> ApiError | NodeError:
+    for kind, status in _DOCUMENT_ERRORS:
+        if isinstance(error, kind):
+            return ApiError(status, error.code, error.message)
+    return error
+
+
+def _add_document_routes(app: web.Application, documents: DocumentService) -> None:
+    """``POST|GET /cases/{case_id}/attachments`` and ``GET .../attachments/{attachment_id}``."""
+
+    async def upload(request: web.Request) -> web.Response:
+        case_id = case_id_of(request)
+        refuse_unknown_parameters(request, frozenset({FILENAME_PARAMETER, MEDIA_TYPE_PARAMETER}))
+        filename = request.query.get(FILENAME_PARAMETER)
+        if filename is None:
+            raise ApiError(422, "invalid_field", "the filename parameter is required")
+        media_type = request.query.get(MEDIA_TYPE_PARAMETER) or request.content_type
+        body = Upload(
+            filename=filename,
+            media_type=media_type,
+            declared_bytes=request.content_length,
+            pieces=request.content.iter_chunked(CHUNK_BYTES),
+        )
+        try:
+            view = await documents.attach(request[PRINCIPAL], case_id, body)
+        except NodeError as e:
+            raise _document_error(e) from e
+        location = f"{PREFIX}/cases/{request.match_info['case_id']}/attachments/{view.id}"
+        return _json(view, status=201, headers={"Location": location})
+
+    async def listing(request: web.Request) -> web.Response:
+        case_id = case_id_of(request)
+        refuse_unknown_parameters(request)
+        return _json(await documents.list_documents(request[PRINCIPAL], case_id))
+
+    async def download(request: web.Request) -> web.StreamResponse:
+        case_id = case_id_of(request)
+        refuse_unknown_parameters(request, frozenset({PURPOSE_PARAMETER}))
+        try:
+            attachment_id = attachment_id_of(request.match_info.get("attachment_id", ""))
+            found = await documents.download(
+                request[PRINCIPAL], case_id, attachment_id, purpose_of(request)
+            )
+        except NodeError as e:
+            raise _document_error(e) from e
+        return await _stream_document(request, found.view.filename, found)
+
+    app.router.add_post("/cases/{case_id}/attachments", upload)
+    app.router.add_get("/cases/{case_id}/attachments", listing)
+    app.router.add_get("/cases/{case_id}/attachments/{attachment_id}", download)
+
+
+async def _stream_document(
+    request: web.Request, filename: str, found: Download
+) -> web.StreamResponse:
+    """Send a verified document; a failure mid-way cuts the connection (never a whole 200)."""
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": found.view.media_type,
+            "Content-Disposition": f"attachment; filename*=UTF-8''{quote(filename, safe='')}",
+            "Cache-Control": "no-store",
+            "X-Content-Type-Options": "nosniff",
+        }
+    )
+    response.content_length = found.view.size
+    await response.prepare(request)
+    try:
+        async for piece in found.pieces:
+            await response.write(piece)
+    except Exception as e:  # noqa: BLE001 - the headers are sent: the only refusal left is to cut
+        logger.warning("case API: document stream failed mid-way: %s", type(e).__name__)
+        if request.transport is not None:
+            request.transport.close()
+        return response
+    await response.write_eof()
+    return response
 
 
 def _action(service: CaseService, action: str, max_body_bytes: int) -> Handler:

@@ -18,6 +18,7 @@ import msgspec
 
 from node.api.errors import ErrorBody
 from node.api.requests import LIMIT_PARAMETER, PURPOSE_HEADER, PURPOSE_PARAMETER
+from node.balance_report import FIRST_YEAR, LAST_YEAR, BalanceReport
 from node.cases.commands import (
     CloseCommand,
     IntakeCommand,
@@ -27,12 +28,18 @@ from node.cases.commands import (
     ReportCommand,
     UpdatedInquiry,
 )
+from node.cases.document_service import DocumentList, DocumentView
 from node.cases.records import MAX_LISTED
 from node.cases.views import CaseList, CaseView
 from node.storage.schema import PURPOSE_CHARS
+from protocol.messages import FILENAME_CHARS
 
 PREFIX: Final = "/api/v1"
+YEAR_PARAMETER: Final = "year"
 OPENAPI_PATH: Final = PREFIX + "/openapi.json"
+FILENAME_PARAMETER: Final = "filename"
+MEDIA_TYPE_PARAMETER: Final = "media_type"
+_MEDIA_TYPE_PATTERN: Final = r"^[a-z0-9][a-z0-9!#$&^_.+-]{0,62}/[a-z0-9][a-z0-9!#$&^_.+-]{0,62}$"
 
 # POST /api/v1/cases/{case_id}/<action>: the command each action takes and what it does.
 CASE_ACTIONS: Final[dict[str, tuple[type[msgspec.Struct], str]]] = {
@@ -48,9 +55,11 @@ _ERRORS: Final[dict[int, str]] = {
     400: "The body is not JSON (`malformed`).",
     401: "No valid bearer token: missing, unknown, expired or revoked (`unauthenticated`).",
     403: "The role may not do this (`forbidden`).",
-    404: "No such case here, or a case of another unit (`unknown_case`).",
+    404: "No such case here, or a case of another unit (`unknown_case`); no such document "
+    "(`unknown_document`).",
     409: "Not allowed in the case's state (`invalid_transition`) or over the quota "
-    "(`quota_exceeded`).",
+    "(`quota_exceeded`); a received document not fetched and verified yet "
+    "(`document_not_ready`) or failing verification (`attachment_corrupt`).",
     410: "The case was shredded (`case_shredded`).",
     413: "The body is larger than the limit (`oversized`).",
     415: "The body is not `application/json` (`unsupported_media_type`).",
@@ -69,7 +78,15 @@ def openapi_document(*, city: str) -> dict[str, Any]:
     Args:
         city: this node's city (named in the title).
     """
-    types = [NewInquiry, *(command for command, _ in CASE_ACTIONS.values()), CaseView, CaseList]
+    types = [
+        NewInquiry,
+        *(command for command, _ in CASE_ACTIONS.values()),
+        CaseView,
+        CaseList,
+        DocumentView,
+        DocumentList,
+        BalanceReport,
+    ]
     _, components = msgspec.json.schema_components([*types, ErrorBody], ref_template=_REF)
     paths: dict[str, Any] = {
         PREFIX + "/cases": {
@@ -98,6 +115,16 @@ def openapi_document(*, city: str) -> dict[str, Any]:
                 parameters=[_case_id(), *_purpose()],
             ),
         },
+        PREFIX + "/reports/balance": {
+            "get": _operation(
+                "balanceReport",
+                "Relocations sent and received per city and year, each city's own word, and the "
+                "pairs of cities that disagree (coordinators and operators; the read is audited)",
+                ok=(200, "BalanceReport"),
+                errors=(401, 403, 422),
+                parameters=[_year()],
+            ),
+        },
         OPENAPI_PATH: {
             "get": {
                 "operationId": "openapi",
@@ -112,6 +139,7 @@ def openapi_document(*, city: str) -> dict[str, Any]:
             }
         },
     }
+    paths.update(_document_paths())
     for action, (command, summary) in CASE_ACTIONS.items():
         paths[f"{PREFIX}/cases/{{case_id}}/{action}"] = {
             "post": _operation(
@@ -140,6 +168,76 @@ def openapi_document(*, city: str) -> dict[str, Any]:
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
         "security": [{"bearer": []}],
+    }
+
+
+def _document_paths() -> dict[str, Any]:
+    """The documents of a case: upload and list, and download one."""
+    upload = _operation(
+        "attachDocument",
+        "Attach a document to an accepted case before its referral (home city): the raw body, "
+        "streamed and encrypted as it arrives; the referral carries it",
+        ok=(201, "DocumentView"),
+        errors=(401, 403, 404, 409, 410, 413, 422, 503),
+        parameters=[_case_id(), *_document_parameters()],
+    )
+    upload["requestBody"] = {
+        "required": True,
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+    }
+    download = _operation(
+        "readDocument",
+        "A document's content, verified against its sealed reference (an audited read of "
+        "personal data: a purpose is required)",
+        ok=(200, "DocumentView"),
+        errors=(401, 403, 404, 409, 410, 422),
+        parameters=[_case_id(), _attachment_id(), *_purpose()],
+    )
+    download["responses"]["200"] = {
+        "description": "The document, with its media type",
+        "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
+    }
+    return {
+        PREFIX + "/cases/{case_id}/attachments": {
+            "post": upload,
+            "get": _operation(
+                "listDocuments",
+                "The case's documents: names, sizes, digests and transfer state (no content)",
+                ok=(200, "DocumentList"),
+                errors=(401, 403, 404, 410, 422),
+                parameters=[_case_id()],
+            ),
+        },
+        PREFIX + "/cases/{case_id}/attachments/{attachment_id}": {"get": download},
+    }
+
+
+def _document_parameters() -> list[dict[str, Any]]:
+    return [
+        {
+            "name": FILENAME_PARAMETER,
+            "in": "query",
+            "required": True,
+            "description": "The document's file name (a bare name, no path)",
+            "schema": {"type": "string", "minLength": 1, "maxLength": FILENAME_CHARS},
+        },
+        {
+            "name": MEDIA_TYPE_PARAMETER,
+            "in": "query",
+            "required": False,
+            "description": "The document's media type (default: the body's Content-Type)",
+            "schema": {"type": "string", "pattern": _MEDIA_TYPE_PATTERN},
+        },
+    ]
+
+
+def _attachment_id() -> dict[str, Any]:
+    return {
+        "name": "attachment_id",
+        "in": "path",
+        "required": True,
+        "description": "The document's attachment id (32 hex digits)",
+        "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
     }
 
 
@@ -181,6 +279,16 @@ def _case_id() -> dict[str, Any]:
         "required": True,
         "description": "The case id (the same at both cities)",
         "schema": {"type": "string", "format": "uuid"},
+    }
+
+
+def _year() -> dict[str, Any]:
+    return {
+        "name": YEAR_PARAMETER,
+        "in": "query",
+        "required": False,
+        "description": "One year; without it, every year a count or statement names",
+        "schema": {"type": "integer", "minimum": FIRST_YEAR, "maximum": LAST_YEAR},
     }
 
 

@@ -4,7 +4,9 @@ Owns the ``case_messages`` table. Invariants:
 
 * :meth:`CaseJournal.record` runs only inside the caller's transaction — the one that moves the
   case and writes the outbox row (a message we send) or the inbox row (one we receive) — so a
-  case's timeline, its state and its delivery records never disagree, even across a crash.
+  case's timeline, its state and its delivery records never disagree, even across a crash. It
+  does not flush: the entry is written with the transaction's next flush (a batch of received
+  messages journals with one ``INSERT``), the journal order being the order of the calls.
 * The body is the message's exact encoding, sealed under the **case key** by the vault, bound to
   the case, the direction and the message id (purpose ``case.message:<direction>:<id hex>``): a
   database dump reveals only which kinds of message a case exchanged and when; shredding the case
@@ -110,8 +112,7 @@ class CaseJournal:
                 at=at,
                 body=body,
             )
-        )
-        await session.flush()
+        )  # written with the transaction's next flush, with the other rows of its batch
 
     async def entries(self, case_id: bytes) -> Sequence[JournalEntry]:
         """Return a case's messages in journal order, decrypted, with their delivery state.

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from node.cases.records import count_referrals, quota_slot_taken
-from node.storage.schema import CaseRow
+from node.storage.case_store import find_case
 from protocol.agreement import VerifiedAgreement
 from protocol.agreement_rules import check_inquiry
 from protocol.errors import ErrorCode, LocalProtocolError
@@ -64,7 +64,7 @@ class CaseRules:
         """
         agreement = self._agreement()
         if isinstance(message, Inquiry):
-            existing = await session.get(CaseRow, message.case_id)
+            existing = await find_case(session, message.case_id)
             check_inquiry(
                 agreement,
                 home_city=sender,

@@ -51,6 +51,7 @@ from node.cases.commands import (
     ReportCommand,
     UpdatedInquiry,
 )
+from node.cases.documents import DocumentRecords
 from node.cases.journal import CaseJournal, JournalEntry
 from node.cases.records import (
     MAX_LISTED,
@@ -71,6 +72,7 @@ from protocol.agreement_rules import check_inquiry, check_quota
 from protocol.cases import CaseEvent, EventKind, next_state
 from protocol.errors import ErrorCode, LocalProtocolError, ProtocolError
 from protocol.messages import (
+    AttachmentRef,
     Closure,
     Decision,
     Inquiry,
@@ -125,6 +127,8 @@ class CaseService:
         trust: the current trust snapshot (the agreement in force).
         clock: Unix seconds now.
         random_bytes: the RNG for case ids.
+        documents: the case documents (a referral carries the case's offered ones), or
+            ``None`` for a node without documents.
     """
 
     def __init__(
@@ -139,6 +143,7 @@ class CaseService:
         trust: Callable[[], TrustState],
         clock: Callable[[], float],
         random_bytes: Callable[[int], bytes] = secrets.token_bytes,
+        documents: DocumentRecords | None = None,
     ) -> None:
         self._city = city
         self._db = db
@@ -149,6 +154,7 @@ class CaseService:
         self._trust = trust
         self._clock = clock
         self._random_bytes = random_bytes
+        self._documents = documents
 
     # --- home city ------------------------------------------------------------------------
 
@@ -259,11 +265,14 @@ class CaseService:
             quota = check_quota(
                 agreement, home_city=self._city, year=today.year, already_referred=used
             )
+            documents: tuple[AttachmentRef, ...] = ()
+            if self._documents is not None:
+                documents = await self._documents.offered_references(case.case_id)
             return Referral(
                 case_id=case.case_id,
                 from_unit=case.unit,
                 person=person,
-                documents=(),
+                documents=documents,
                 interventions=tuple(command.interventions),
                 payer=payer,
                 quota=quota,

@@ -5,10 +5,14 @@ Owns the life of one asyncio task per peer (:class:`PeerSender`). The loop, in o
 1. housekeeping when due (every ``housekeeping_interval_s``, whatever else happens): expire
    messages older than ``max_retry_age_s``, count the backlog into the metrics, raise the
    operator alert for messages older than ``alert_age_s``;
-2. when an attempt is due: fetch the oldest batch (by ``seq``), ``mark_sent``, ``deliver``,
-   ``record_results``; a full batch is followed at once by the next one;
+2. when an attempt is due: claim the oldest batch (by ``seq``: fetched and marked sent) and
+   ``deliver`` it. When every result is final, the next attempt is due at once and its claim
+   stores these results in the same transaction (``claim_batch``: one write per batch; on stop
+   they are stored alone); a batch with a result to retry stores its final results and backs
+   off;
 3. otherwise doze until the next attempt, the next housekeeping, or a doorbell (``wake``,
-   ``peer_seen``, ``stop``), whichever comes first.
+   ``peer_seen``, ``stop``), whichever comes first; an idle loop that is not backing off also
+   looks for messages queued by another process every ``poll_interval_s`` (a read).
 
 Invariants:
 
@@ -117,6 +121,8 @@ class OutboxSettings:
         housekeeping_interval_s: how often expiry, backlog metrics and the alert run.
         alert_repeat_s: while messages stay overdue, the alert is logged again this often.
         stop_grace_s: how long ``stop`` lets a batch in flight finish before cancelling it.
+        poll_interval_s: how often an idle loop that is not backing off looks for messages
+            queued by another process (the node's own enqueues ring the doorbell).
     """
 
     batch_size: int
@@ -125,11 +131,18 @@ class OutboxSettings:
     housekeeping_interval_s: float = 30.0
     alert_repeat_s: float = 900.0
     stop_grace_s: float = 5.0
+    poll_interval_s: float = 5.0
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ValueError("batch_size must be at least 1")
-        for name in ("alert_age_s", "max_retry_age_s", "housekeeping_interval_s", "alert_repeat_s"):
+        for name in (
+            "alert_age_s",
+            "max_retry_age_s",
+            "housekeeping_interval_s",
+            "alert_repeat_s",
+            "poll_interval_s",
+        ):
             value = getattr(self, name)
             if not (value > 0 and math.isfinite(value)):
                 raise ValueError(f"{name} must be a positive number of seconds")
@@ -146,7 +159,12 @@ class OutboxSettings:
         Returns:
             The settings.
         """
-        return cls(limits.batch_size, limits.alert_age_s, limits.max_retry_age_s)
+        return cls(
+            limits.batch_size,
+            limits.alert_age_s,
+            limits.max_retry_age_s,
+            poll_interval_s=limits.outbox_poll_s,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,7 +233,10 @@ class PeerSender:
         self._retry_at = 0.0  # the first attempt is due at once: there may be a backlog
         self._hold_until = 0.0  # no attempt before this (the peer's Retry-After)
         self._next_housekeeping = 0.0
+        self._next_poll = 0.0
         self._peer_up: bool | None = None
+        # A delivered batch and its final results, stored by the next claim.
+        self._unsettled: tuple[Sequence[OutgoingEnvelope], Sequence[DeliveryResult]] | None = None
         self._last_alert_at: float | None = None
 
     # -- control -------------------------------------------------------------------------------
@@ -277,12 +298,20 @@ class PeerSender:
                 now = self._clock()
                 if now >= self._next_housekeeping:
                     await self._housekeep(now)
+                elif self._poll_due(now):
+                    await self._poll(now)
                 if self._attempt_due(self._clock()):
                     self._retry_at = await self._attempt()
             except Exception:  # the top of a background loop: log, back off, carry on
                 logger.exception("TX [%s] sender loop error; backing off", self.peer)
                 self._retry_at = self._after_failure()
             await self._doze()
+        if self._unsettled is not None:  # stopping: store the last results, claim nothing
+            try:
+                await self._queue.record_results(*self._unsettled, self._clock())
+            except Exception:  # they stay sent: sent again next time, answered as duplicates
+                logger.exception("TX [%s] results of the last batch not stored", self.peer)
+            self._unsettled = None
         logger.debug("TX [%s] sender stopped", self.peer)
 
     def _attempt_due(self, now: float) -> bool:
@@ -297,19 +326,33 @@ class PeerSender:
         # No await between the check above and the clear: a doorbell rung later is not lost.
         self._doorbell.clear()
         until = min(max(self._retry_at, self._hold_until), self._next_housekeeping)
+        if self._failures == 0:  # idle, not backing off: look for others' messages too
+            until = min(until, self._next_poll)
         await self._wait(self._doorbell, max(0.0, until - now))
+
+    def _poll_due(self, now: float) -> bool:
+        return self._failures == 0 and not self._new_data and now >= self._next_poll
+
+    async def _poll(self, now: float) -> None:
+        """Look for envelopes queued by another process (a read; nothing is claimed)."""
+        self._next_poll = now + self._settings.poll_interval_s
+        if await self._queue.next_batch(self.peer, 1, now):
+            self._new_data = True
 
     async def _attempt(self) -> float:
         """Send one batch; return when the next attempt is due (``inf``: when woken)."""
         self._new_data = False
-        now = self._clock()
-        batch = await self._queue.next_batch(self.peer, self._settings.batch_size, now)
+        self._next_poll = self._clock() + self._settings.poll_interval_s
+        # The previous batch's results are stored in the transaction that claims this one.
+        batch = await self._queue.claim_batch(
+            self.peer, self._settings.batch_size, self._clock(), settle=self._unsettled
+        )
+        self._unsettled = None
         if not batch:
             self._failures = 0
             return math.inf
         if any(envelope.attempts > 0 for envelope in batch):
             self._metrics.retries.labels(peer=self.peer).inc()
-        await self._queue.mark_sent([envelope.seq for envelope in batch], now)
         self._in_flight = True
         try:
             results = await self._transport.deliver(self.peer, batch)
@@ -322,29 +365,30 @@ class PeerSender:
             raise DeliveryMismatch("the transport did not return exactly one result per envelope")
         self._set_peer_up(True)
         verdicts = [classify(result) for result in results]
-        await self._record(batch, results, verdicts)
         if Verdict.RETRY in verdicts:
+            final = [i for i, verdict in enumerate(verdicts) if verdict is not Verdict.RETRY]
+            if final:
+                await self._queue.record_results(
+                    [batch[i] for i in final], [results[i] for i in final], self._clock()
+                )
+            self._count(batch, results, verdicts)
             if any(result.status in KEY_REFRESH_CODES for result in results):
                 await self._refresh_keys()
             return self._after_failure()
         self._failures = 0
-        if len(batch) >= self._settings.batch_size:
-            return self._clock()  # there may be more: go again at once
-        return math.inf
+        self._count(batch, results, verdicts)
+        # Every result is final: they are stored with the next claim, made at once (or on stop).
+        self._unsettled = (batch, results)
+        return self._clock()
 
-    async def _record(
+    def _count(
         self,
         batch: Sequence[OutgoingEnvelope],
         results: Sequence[DeliveryResult],
         verdicts: Sequence[Verdict],
     ) -> None:
-        """Store final results, count them, and log refusals by code (never by message)."""
+        """Count the stored results, and log refusals by code (never by message)."""
         now = self._clock()
-        final = [i for i, verdict in enumerate(verdicts) if verdict is not Verdict.RETRY]
-        if final:
-            await self._queue.record_results(
-                [batch[i] for i in final], [results[i] for i in final], now
-            )
         refused: dict[str, int] = {}
         for envelope, result, verdict in zip(batch, results, verdicts, strict=True):
             if verdict is Verdict.DELIVERED:

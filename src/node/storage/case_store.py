@@ -11,15 +11,21 @@ Owns the life of a case's row and of its key. Invariants:
   routing metadata (ids, states, times) stays for the balance report and the audit.
 * This store does not decide whether a state change is allowed: ``protocol.cases`` does, in the
   case service (issue 4), which calls :meth:`CaseStore.set_state` with the result.
+* **One transaction, one look-up per case.** Inside a write transaction the case rows read or
+  created are remembered in the session (:func:`find_case`, :func:`preload_cases`), and so are
+  the keys unwrapped (:func:`load_case_key`, by their wrapped form: a shredded case has none and
+  is refused as before). A case created in a joined transaction is not flushed on its own: it is
+  written with the transaction's next flush, so a batch of new cases costs one ``INSERT``. Whoever
+  rolls a savepoint back must call :func:`forget_cases` (the rows it knew may be gone).
 
 Reads of the identity must be audited by the caller (who, when, which case, why).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import ClassVar, Final
+from typing import ClassVar, Final, cast
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -31,6 +37,8 @@ from node.storage.vault import CaseShredded, CaseVault
 from protocol.cases import CaseState, Role, is_terminal
 
 IDENTITY_PURPOSE: Final = "case.identity"
+_KNOWN_CASES: Final = "citynode.known_cases"  # session.info: case id -> CaseRow | None
+_CASE_KEYS: Final = "citynode.case_keys"  # session.info: wrapped key -> unwrapped key
 
 
 class CaseNotFound(NodeError):
@@ -111,22 +119,25 @@ class CaseStore:
         """
         case_key, wrapped = self._vault.new_case_key(case_id)
         now = self._clock()
-        async with self._db.transaction(session) as s:
-            s.add(
-                CaseRow(
-                    case_id=case_id,
-                    role=role.value,
-                    peer=peer,
-                    unit=unit,
-                    state=state.value,
-                    created_at=now,
-                    updated_at=now,
-                    closed_at=now if is_terminal(state) else None,
-                    wrapped_key=wrapped,
-                    sealed_identity=None,
-                )
-            )
-            await s.flush()
+        row = CaseRow(
+            case_id=case_id,
+            role=role.value,
+            peer=peer,
+            unit=unit,
+            state=state.value,
+            created_at=now,
+            updated_at=now,
+            closed_at=now if is_terminal(state) else None,
+            wrapped_key=wrapped,
+            sealed_identity=None,
+        )
+        if session is not None:  # written with the caller's next flush (see the module doc)
+            session.add(row)
+            _known(session)[case_id] = row
+            _keys(session)[wrapped] = case_key
+            return case_key
+        async with self._db.transaction() as s:
+            s.add(row)
         return case_key
 
     async def get(self, case_id: bytes) -> CaseRecord | None:
@@ -176,7 +187,7 @@ class CaseStore:
         now = self._clock()
         async with self._db.transaction(session) as s:
             row = await _row(s, case_id)
-            case_key = self._vault.unwrap(case_id, row.wrapped_key)
+            case_key = _unwrap(s, self._vault, case_id, row.wrapped_key)
             row.sealed_identity = self._vault.seal(case_key, case_id, IDENTITY_PURPOSE, identity)
             row.updated_at = now
 
@@ -215,26 +226,73 @@ class CaseStore:
 
 
 async def load_case_key(session: AsyncSession, vault: CaseVault, case_id: bytes) -> bytes:
-    """Read and unwrap a case's key inside an open transaction.
+    """Read and unwrap a case's key inside an open transaction (once per transaction).
 
     Raises:
         CaseNotFound: no such case.
         CaseShredded: the case was shredded.
         VaultError: the wrapped key does not open under this node's data key.
     """
-    wrapped = await session.scalar(
-        select(CaseRow.wrapped_key).where(CaseRow.case_id == case_id).limit(1)
-    )
+    row = await _row(session, case_id)
+    return _unwrap(session, vault, case_id, row.wrapped_key)
+
+
+async def find_case(session: AsyncSession, case_id: bytes) -> CaseRow | None:
+    """Return the case's row in this transaction (with its pending changes), or ``None``.
+
+    A case looked up, preloaded or created before in the same transaction is answered without a
+    query (and without flushing what is pending).
+    """
+    known = _known(session)
+    if case_id in known:
+        return known[case_id]
+    row = await session.get(CaseRow, case_id)
+    known[case_id] = row
+    return row
+
+
+async def preload_cases(session: AsyncSession, case_ids: Iterable[bytes]) -> None:
+    """Look up several cases with one query, for :func:`find_case` to answer from."""
+    known = _known(session)
+    wanted = {case_id for case_id in case_ids if case_id not in known}
+    if not wanted:
+        return
+    rows = await session.scalars(select(CaseRow).where(CaseRow.case_id.in_(wanted)))
+    for row in rows:
+        known[row.case_id] = row
+    for case_id in wanted:
+        known.setdefault(case_id, None)
+
+
+def forget_cases(session: AsyncSession) -> None:
+    """Drop what this transaction remembered of its cases (after a savepoint rolled back)."""
+    session.info.pop(_KNOWN_CASES, None)
+    session.info.pop(_CASE_KEYS, None)
+
+
+def _known(session: AsyncSession) -> dict[bytes, CaseRow | None]:
+    return cast(dict[bytes, CaseRow | None], session.info.setdefault(_KNOWN_CASES, {}))
+
+
+def _keys(session: AsyncSession) -> dict[bytes, bytes]:
+    return cast(dict[bytes, bytes], session.info.setdefault(_CASE_KEYS, {}))
+
+
+def _unwrap(
+    session: AsyncSession, vault: CaseVault, case_id: bytes, wrapped: bytes | None
+) -> bytes:
+    """Unwrap a case key once per transaction; ``None`` (shredded) raises ``CaseShredded``."""
     if wrapped is None:
-        exists = await session.scalar(select(CaseRow.case_id).where(CaseRow.case_id == case_id))
-        if exists is None:
-            raise CaseNotFound("no case with this id is held by this node")
         raise CaseShredded("the case was shredded: its key no longer exists")
-    return vault.unwrap(case_id, wrapped)
+    keys = _keys(session)
+    case_key = keys.get(wrapped)
+    if case_key is None:
+        case_key = keys[wrapped] = vault.unwrap(case_id, wrapped)
+    return case_key
 
 
 async def _row(session: AsyncSession, case_id: bytes) -> CaseRow:
-    row = await session.get(CaseRow, case_id)
+    row = await find_case(session, case_id)
     if row is None:
         raise CaseNotFound("no case with this id is held by this node")
     return row

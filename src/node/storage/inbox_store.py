@@ -8,9 +8,13 @@ Owns the ``inbox`` and ``replay_guard`` tables. Invariants:
   concurrent deliveries of the same envelope race on the unique keys; the loser rolls back and
   gets :class:`DuplicateEnvelope` with the winner's receipt, never an ``IntegrityError``.
 * **Batches.** :meth:`InboxStore.accept_batch` does the same for a whole inbox request in one
-  transaction (one commit, one disk flush), each envelope inside its own savepoint: a duplicate
-  or a refused envelope (its ``apply`` raised a node or protocol error) is rolled back alone and
-  the others are kept. Any other failure keeps nothing of the batch.
+  transaction (one commit, one disk flush). It first tries the batch *together*: the cases of
+  the batch read with one query, every envelope's changes applied without a savepoint, and
+  everything written with one flush (an ``INSERT`` per table). Only if an envelope's changes
+  fail does it roll that attempt back and run the batch again *apart*, each envelope inside its
+  own savepoint: a duplicate or a refused envelope (its ``apply`` raised a node or protocol
+  error) is then rolled back alone and the others are kept. Either way the outcome is the same;
+  any other failure keeps nothing of the batch.
 * **Evidence, encrypted.** The inbox row keeps the verified header, body and signature (so the
   sender's signature can be checked again later) and the receipt we returned. The three parts are
   sealed by the vault under the case key for a case message, or under the data key for a control
@@ -32,16 +36,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Final, NamedTuple
+from typing import Any, Final, NamedTuple
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, insert, null, select, union_all
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from node.config import NodeLimits
 from node.delivery import Overloaded
 from node.errors import NodeError
-from node.storage.case_store import load_case_key
+from node.storage.case_store import forget_cases, load_case_key, preload_cases
 from node.storage.database import Database, StorageConflict
 from node.storage.schema import InboxRow, ReplayGuardRow
 from node.storage.vault import CaseVault
@@ -123,6 +127,26 @@ class Arrival:
 
 
 AcceptOutcome = Accepted | DuplicateEnvelope
+
+
+class _NewRow(NamedTuple):
+    """The columns of an inbox row to insert (the id comes from the database)."""
+
+    sender: str
+    message_id: bytes
+    envelope_hash: bytes
+    message_type: str
+    case_id: bytes | None
+    header_timestamp: float
+    received_at: float
+    payload: bytes
+    receipt: bytes
+
+
+class _TryApart(Exception):
+    """An envelope of a batch tried together failed: roll back, run each envelope apart."""
+
+
 BatchOutcome = Accepted | DuplicateEnvelope | Refused
 
 
@@ -268,51 +292,105 @@ class InboxStore:
         return outcomes
 
     async def _accept_all(self, arrivals: Sequence[Arrival]) -> list[BatchOutcome]:
+        try:
+            return await self._accept_together(arrivals)
+        except _TryApart:  # an envelope failed: nothing of that attempt was kept
+            return await self._accept_apart(arrivals)
+
+    async def _accept_together(self, arrivals: Sequence[Arrival]) -> list[BatchOutcome]:
+        """Accept the batch with no savepoint and one flush; :class:`_TryApart` if one fails."""
         outcomes: list[BatchOutcome | None] = []  # None: accepted, its row id known after flush
-        accepted: list[tuple[int, InboxRow]] = []
+        accepted: list[tuple[int, _NewRow]] = []
         async with self._db.transaction() as s:
             known = await _stored_receipts(s, arrivals)
-            case_keys: dict[bytes, bytes] = {}
+            await preload_cases(s, _case_ids(arrivals))
             for arrival in arrivals:
                 key = (arrival.opened.header.sender, arrival.opened.header.message_id)
                 if key in known:
                     outcomes.append(DuplicateEnvelope(known[key]))
                     continue
-                outcome = await self._process(s, arrival, case_keys)
+                try:
+                    if arrival.apply is not None:
+                        await arrival.apply(s)
+                    row = await self._inbox_row(s, arrival)
+                except (IntegrityError, NodeError, ProtocolError) as e:
+                    raise _TryApart from e
+                known[key] = StoredReceipt(row.envelope_hash, row.receipt)
+                accepted.append((len(outcomes), row))
+                outcomes.append(None)
+            try:
+                await self._write(s, outcomes, accepted)
+            except IntegrityError as e:
+                raise _TryApart from e
+        return [outcome for outcome in outcomes if outcome is not None]
+
+    async def _accept_apart(self, arrivals: Sequence[Arrival]) -> list[BatchOutcome]:
+        """Accept the batch with each envelope's changes in a savepoint of their own."""
+        outcomes: list[BatchOutcome | None] = []
+        accepted: list[tuple[int, _NewRow]] = []
+        async with self._db.transaction() as s:
+            known = await _stored_receipts(s, arrivals)
+            for arrival in arrivals:
+                key = (arrival.opened.header.sender, arrival.opened.header.message_id)
+                if key in known:
+                    outcomes.append(DuplicateEnvelope(known[key]))
+                    continue
+                outcome = await self._process(s, arrival)
                 if isinstance(outcome, Refused):
                     outcomes.append(outcome)
                     continue
                 known[key] = StoredReceipt(outcome.envelope_hash, outcome.receipt)
                 accepted.append((len(outcomes), outcome))
                 outcomes.append(None)
-            s.add_all([self._replay_row(row) for _, row in accepted])
-            s.add_all([row for _, row in accepted])
-            await s.flush()
-            for position, row in accepted:
-                outcomes[position] = Accepted(row.id)
+            await self._write(s, outcomes, accepted)
         return [outcome for outcome in outcomes if outcome is not None]
 
-    async def _process(
-        self, session: AsyncSession, arrival: Arrival, case_keys: dict[bytes, bytes]
-    ) -> InboxRow | Refused:
+    async def _write(
+        self,
+        session: AsyncSession,
+        outcomes: list[BatchOutcome | None],
+        accepted: list[tuple[int, _NewRow]],
+    ) -> None:
+        """Flush the envelopes' changes, then insert the replay records and the inbox rows.
+
+        The two tables are written with one multi-row ``INSERT`` each (no ORM object per row).
+        """
+        await session.flush()
+        if not accepted:
+            return
+        replays = [
+            {
+                "sender": row.sender,
+                "message_id": row.message_id,
+                "expires_at": row.header_timestamp + self._window_s,
+            }
+            for _, row in accepted
+        ]
+        await session.execute(insert(ReplayGuardRow), replays)
+        inserted = await session.execute(
+            insert(InboxRow).returning(InboxRow.message_id, InboxRow.id),
+            [row._asdict() for _, row in accepted],
+        )
+        ids: dict[bytes, int] = {}
+        for message_id, row_id in inserted.all():
+            ids[message_id] = row_id
+        for position, row in accepted:
+            outcomes[position] = Accepted(ids[row.message_id])
+
+    async def _process(self, session: AsyncSession, arrival: Arrival) -> _NewRow | Refused:
         """Run the caller's changes and seal the payload; refuse the envelope alone on failure."""
         try:
             if arrival.apply is None:
-                return await self._inbox_row(session, arrival, case_keys)
+                return await self._inbox_row(session, arrival)
             async with session.begin_nested():
                 await arrival.apply(session)
-                return await self._inbox_row(session, arrival, case_keys)
+                return await self._inbox_row(session, arrival)
         except IntegrityError:
+            forget_cases(session)  # the savepoint rolled back: what it created is gone
             return Refused(StorageConflict("the envelope's changes collide with a stored row"))
         except (NodeError, ProtocolError) as e:
+            forget_cases(session)
             return Refused(e)
-
-    def _replay_row(self, row: InboxRow) -> ReplayGuardRow:
-        return ReplayGuardRow(
-            sender=row.sender,
-            message_id=row.message_id,
-            expires_at=row.header_timestamp + self._window_s,
-        )
 
     async def purge_replay(self, now: float) -> int:
         """Forget replay records whose timestamp has left the window (``expires_at < now``).
@@ -376,9 +454,7 @@ class InboxStore:
                 outcomes.append(duplicate)
         return outcomes
 
-    async def _inbox_row(
-        self, session: AsyncSession, arrival: Arrival, case_keys: dict[bytes, bytes]
-    ) -> InboxRow:
+    async def _inbox_row(self, session: AsyncSession, arrival: Arrival) -> _NewRow:
         opened = arrival.opened
         header = opened.header
         case_id = _case_id_of(opened.message)
@@ -386,13 +462,10 @@ class InboxStore:
         purpose = _purpose_of(header.sender, header.message_id)
         if case_id is None:
             payload = self._vault.seal_with_data_key(purpose, plaintext)
-        else:
-            case_key = case_keys.get(case_id)
-            if case_key is None or arrival.apply is not None:  # apply may have shredded it
-                case_key = await load_case_key(session, self._vault, case_id)
-                case_keys[case_id] = case_key
+        else:  # the case as it is now, in this transaction (apply may have shredded it)
+            case_key = await load_case_key(session, self._vault, case_id)
             payload = self._vault.seal(case_key, case_id, purpose, plaintext)
-        return InboxRow(
+        return _NewRow(
             sender=header.sender,
             message_id=header.message_id,
             envelope_hash=opened.envelope_hash,
@@ -429,26 +502,32 @@ class InboxStore:
 async def _stored_receipts(
     session: AsyncSession, arrivals: Sequence[Arrival]
 ) -> dict[tuple[str, bytes], StoredReceipt | None]:
-    """Which of the batch's envelopes are already remembered: one query per sender and table."""
+    """Which of the batch's envelopes are already remembered: one query per sender.
+
+    An inbox row gives the original receipt; a replay record alone (its inbox row was removed)
+    gives ``None``.
+    """
     by_sender: dict[str, set[bytes]] = {}
     for arrival in arrivals:
         header = arrival.opened.header
         by_sender.setdefault(header.sender, set()).add(header.message_id)
     known: dict[tuple[str, bytes], StoredReceipt | None] = {}
     for sender, ids in by_sender.items():
-        guarded = await session.scalars(
-            select(ReplayGuardRow.message_id).where(
-                ReplayGuardRow.sender == sender, ReplayGuardRow.message_id.in_(ids)
-            )
+        stored = select(InboxRow.message_id, InboxRow.envelope_hash, InboxRow.receipt).where(
+            InboxRow.sender == sender, InboxRow.message_id.in_(ids)
         )
-        known.update(dict.fromkeys(((sender, mid) for mid in guarded), None))
-        stored = await session.execute(
-            select(InboxRow.message_id, InboxRow.envelope_hash, InboxRow.receipt).where(
-                InboxRow.sender == sender, InboxRow.message_id.in_(ids)
-            )
+        guarded = select(ReplayGuardRow.message_id, null(), null()).where(
+            ReplayGuardRow.sender == sender, ReplayGuardRow.message_id.in_(ids)
         )
-        for mid, envelope_hash, receipt in stored.all():
-            known[(sender, mid)] = StoredReceipt(envelope_hash, receipt)
+        found: Sequence[Any] = (await session.execute(union_all(stored, guarded))).all()
+        for row in found:
+            mid: bytes = row[0]
+            envelope_hash: bytes | None = row[1]
+            receipt: bytes | None = row[2]
+            if envelope_hash is not None and receipt is not None:
+                known[(sender, mid)] = StoredReceipt(envelope_hash, receipt)
+            else:
+                known.setdefault((sender, mid), None)
     return known
 
 
@@ -471,6 +550,12 @@ async def _duplicate_of(
         )
     )
     return None if guarded is None else DuplicateEnvelope(None)
+
+
+def _case_ids(arrivals: Sequence[Arrival]) -> list[bytes]:
+    """The cases a batch's case messages are about."""
+    ids = (_case_id_of(arrival.opened.message) for arrival in arrivals)
+    return [case_id for case_id in ids if case_id is not None]
 
 
 def _case_id_of(message: Message) -> bytes | None:

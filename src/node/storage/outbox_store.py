@@ -254,38 +254,8 @@ class OutboxStore:
 
     async def next_batch(self, peer: str, limit: int, now: float) -> Sequence[OutgoingEnvelope]:
         """Return up to ``limit`` queued or sent-but-unreceipted envelopes for ``peer``, by seq."""
-        columns = (
-            OutboxRow.seq,
-            OutboxRow.case_id,
-            OutboxRow.message_id,
-            OutboxRow.envelope,
-            OutboxRow.created_at,
-            OutboxRow.attempts,
-        )
-        rows: list[Any] = []
         async with self._db.reading() as s:
-            # One index range per state (peer, state, seq), merged here: no sort of the queue.
-            for state in UNDELIVERED:
-                result = await s.execute(
-                    select(*columns)
-                    .where(OutboxRow.peer == peer, OutboxRow.state == state)
-                    .order_by(OutboxRow.seq)
-                    .limit(limit)
-                )
-                rows.extend(result.all())
-        rows.sort(key=lambda row: row.seq)
-        return [
-            OutgoingEnvelope(
-                seq=row.seq,
-                peer=peer,
-                case_id=row.case_id,
-                message_id=row.message_id,
-                envelope=row.envelope,
-                created_at=row.created_at,
-                attempts=row.attempts,
-            )
-            for row in rows[:limit]
-        ]
+            return await _fetch(s, peer, limit)
 
     async def mark_sent(self, seqs: Sequence[int], now: float) -> None:
         """Record that these envelopes were handed to the peer (attempts + 1).
@@ -295,16 +265,7 @@ class OutboxStore:
         if not seqs:
             return
         async with self._db.transaction() as s:
-            await s.execute(
-                update(OutboxRow)
-                .where(OutboxRow.seq.in_(list(seqs)), OutboxRow.state.in_(UNDELIVERED))
-                .values(
-                    state=DeliveryState.SENT.value,
-                    attempts=OutboxRow.attempts + 1,
-                    last_attempt_at=now,
-                )
-                .execution_options(synchronize_session=False)
-            )
+            await _mark_sent(s, seqs, now)
 
     async def record_results(
         self, batch: Sequence[OutgoingEnvelope], results: Sequence[DeliveryResult], now: float
@@ -321,25 +282,40 @@ class OutboxStore:
             ValueError: ``results`` does not answer ``batch`` one to one.
             StorageError: the database failed (nothing was recorded).
         """
-        if len(batch) != len(results):
-            raise ValueError("the peer's results do not answer the batch one to one")
-        receipted: list[dict[str, object]] = []
-        refused: list[dict[str, object]] = []
-        for envelope, result in zip(batch, results, strict=True):
-            receipt = _receipt_change(envelope.seq, result, now)
-            refusal = None if receipt else _refusal_change(envelope.seq, result)
-            if receipt is not None:
-                receipted.append(receipt)
-            elif refusal is not None:
-                refused.append(refusal)
         async with self._db.transaction() as s:
-            if receipted:  # a receipt wins over any state but receipted (it is evidence)
-                await s.execute(_RECORD_RECEIPT, receipted)
-            if refused:  # only an envelope still in flight can fail
-                await s.execute(_RECORD_REFUSAL, refused)
-        if refused:
-            peer = batch[0].peer
-            logger.warning("TX [%s] %d message(s) refused for good by the peer", peer, len(refused))
+            await _record(s, batch, results, now)
+
+    async def claim_batch(
+        self,
+        peer: str,
+        limit: int,
+        now: float,
+        settle: tuple[Sequence[OutgoingEnvelope], Sequence[DeliveryResult]] | None = None,
+    ) -> Sequence[OutgoingEnvelope]:
+        """Record a batch's final results, then fetch the next batch and mark it sent: one commit.
+
+        Args:
+            peer: the recipient city.
+            limit: the most envelopes to fetch.
+            now: when (for ``last_attempt_at`` and ``receipted_at``).
+            settle: the previous batch and its final results, as :meth:`record_results` takes
+                them, or ``None``.
+
+        Returns:
+            The next batch as :meth:`next_batch` returns it (``attempts`` as before this send),
+            now ``sent``.
+
+        Raises:
+            ValueError: ``settle``'s results do not answer its batch one to one.
+            StorageError: the database failed (nothing was recorded or marked).
+        """
+        async with self._db.transaction() as s:
+            if settle is not None:
+                await _record(s, *settle, now)
+            batch = await _fetch(s, peer, limit)
+            if batch:
+                await _mark_sent(s, [envelope.seq for envelope in batch], now)
+        return batch
 
     async def expire_older_than(self, peer: str, cutoff: float) -> int:
         """Mark ``peer``'s undelivered envelopes queued before ``cutoff`` expired.
@@ -476,6 +452,79 @@ class OutboxStore:
                 select(func.count()).select_from(OutboxRow).where(OutboxRow.state.in_(UNDELIVERED))
             )
             return int(count or 0)
+
+
+async def _fetch(session: AsyncSession, peer: str, limit: int) -> list[OutgoingEnvelope]:
+    columns = (
+        OutboxRow.seq,
+        OutboxRow.case_id,
+        OutboxRow.message_id,
+        OutboxRow.envelope,
+        OutboxRow.created_at,
+        OutboxRow.attempts,
+    )
+    rows: list[Any] = []
+    # One index range per state (peer, state, seq), merged here: no sort of the queue.
+    for state in UNDELIVERED:
+        result = await session.execute(
+            select(*columns)
+            .where(OutboxRow.peer == peer, OutboxRow.state == state)
+            .order_by(OutboxRow.seq)
+            .limit(limit)
+        )
+        rows.extend(result.all())
+    rows.sort(key=lambda row: row.seq)
+    return [
+        OutgoingEnvelope(
+            seq=row.seq,
+            peer=peer,
+            case_id=row.case_id,
+            message_id=row.message_id,
+            envelope=row.envelope,
+            created_at=row.created_at,
+            attempts=row.attempts,
+        )
+        for row in rows[:limit]
+    ]
+
+
+async def _mark_sent(session: AsyncSession, seqs: Sequence[int], now: float) -> None:
+    await session.execute(
+        update(OutboxRow)
+        .where(OutboxRow.seq.in_(list(seqs)), OutboxRow.state.in_(UNDELIVERED))
+        .values(
+            state=DeliveryState.SENT.value,
+            attempts=OutboxRow.attempts + 1,
+            last_attempt_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    )
+
+
+async def _record(
+    session: AsyncSession,
+    batch: Sequence[OutgoingEnvelope],
+    results: Sequence[DeliveryResult],
+    now: float,
+) -> None:
+    """Store receipts and permanent refusals (see :meth:`OutboxStore.record_results`)."""
+    if len(batch) != len(results):
+        raise ValueError("the peer's results do not answer the batch one to one")
+    receipted: list[dict[str, object]] = []
+    refused: list[dict[str, object]] = []
+    for envelope, result in zip(batch, results, strict=True):
+        receipt = _receipt_change(envelope.seq, result, now)
+        refusal = None if receipt else _refusal_change(envelope.seq, result)
+        if receipt is not None:
+            receipted.append(receipt)
+        elif refusal is not None:
+            refused.append(refusal)
+    if receipted:  # a receipt wins over any state but receipted (it is evidence)
+        await session.execute(_RECORD_RECEIPT, receipted)
+    if refused:  # only an envelope still in flight can fail
+        await session.execute(_RECORD_REFUSAL, refused)
+        peer = batch[0].peer
+        logger.warning("TX [%s] %d message(s) refused for good by the peer", peer, len(refused))
 
 
 async def _undelivered(session: AsyncSession, peer: str) -> int:

@@ -29,6 +29,7 @@ from protocol import codec
 
 MAX_CERTIFICATES: Final = 16
 MAX_CERTIFICATE_BYTES: Final = 64 * 1024
+MAX_STATEMENTS_BYTES: Final = 256 * 1024
 
 
 class UnknownPeer(NodeError):
@@ -55,6 +56,9 @@ class PeerRecord:
         tls_certificates: its TLS certificates (DER or PEM), empty before the first fetch.
         fingerprint_verified_at: when an operator verified its fingerprint, or ``None``.
         last_seen_at: when it last reached us, or ``None``.
+        identity_successions: its identity-key succession statements, oldest first (the chain
+            from the agreement's key to the key that signed ``bundle``), empty if none.
+        identity_revocations: its identity-key revocations, empty if none.
     """
 
     city: str
@@ -64,6 +68,8 @@ class PeerRecord:
     tls_certificates: tuple[bytes, ...]
     fingerprint_verified_at: float | None
     last_seen_at: float | None
+    identity_successions: tuple[bytes, ...] = ()
+    identity_revocations: tuple[bytes, ...] = ()
 
 
 class PeerStore:
@@ -87,7 +93,14 @@ class PeerStore:
             await s.execute(statement)
 
     async def store_bundle(
-        self, city: str, bundle: bytes, sequence: int, certificates: Sequence[bytes]
+        self,
+        city: str,
+        bundle: bytes,
+        sequence: int,
+        certificates: Sequence[bytes],
+        *,
+        successions: Sequence[bytes] | None = None,
+        revocations: Sequence[bytes] = (),
     ) -> None:
         """Store a peer's verified key bundle and TLS certificates.
 
@@ -96,6 +109,9 @@ class PeerStore:
             bundle: the signed key bundle bytes, as received.
             sequence: its sequence number.
             certificates: its TLS certificates.
+            successions: its identity-key succession statements (``None``: keep the stored
+                statements).
+            revocations: its identity-key revocations (with ``successions``).
 
         Raises:
             UnknownPeer: ``city`` is not stored.
@@ -118,6 +134,8 @@ class PeerStore:
             row.bundle = bundle
             row.bundle_sequence = sequence
             row.tls_certificates = codec.encode(tuple(certificates))
+            if successions is not None:
+                row.identity_statements = codec.encode((tuple(successions), tuple(revocations)))
 
     async def get(self, city: str) -> PeerRecord | None:
         """Return the peer, or ``None`` if it is not stored."""
@@ -177,4 +195,17 @@ def _record(row: PeerRow) -> PeerRecord:
         tls_certificates=certificates,
         fingerprint_verified_at=row.fingerprint_verified_at,
         last_seen_at=row.last_seen_at,
+        identity_successions=_statements(row.identity_statements)[0],
+        identity_revocations=_statements(row.identity_statements)[1],
+    )
+
+
+def _statements(stored: bytes | None) -> tuple[tuple[bytes, ...], tuple[bytes, ...]]:
+    if stored is None:
+        return (), ()
+    return codec.decode(
+        stored,
+        tuple[tuple[bytes, ...], tuple[bytes, ...]],
+        max_bytes=MAX_STATEMENTS_BYTES,
+        what="stored identity statements",
     )

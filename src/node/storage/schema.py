@@ -14,6 +14,9 @@ Conventions (every table):
 * Enumerations are short strings with a ``CHECK`` constraint, never database enum types, so the
   same migrations run on both backends.
 * Constraint and index names follow :data:`NAMING_CONVENTION`, so migrations can name them.
+* Rows written in batches have a client-side unique column marked ``insert_sentinel`` (the
+  message id): SQLAlchemy then inserts a whole batch with one ``INSERT ... RETURNING`` on SQLite
+  too, instead of one statement per row. It changes no DDL.
 
 What is sensitive, and where it lives: the identity of a person (``cases.sealed_identity``) and the
 content of every received message (``inbox.payload``) and of every case message sent or
@@ -26,12 +29,14 @@ tables to ``cases``: a receipt is evidence that outlives the case it was about.
 
 from __future__ import annotations
 
+import datetime
 from typing import Final
 
 from sqlalchemy import (
     BigInteger,
     Boolean,
     CheckConstraint,
+    Date,
     Double,
     ForeignKey,
     Index,
@@ -42,7 +47,7 @@ from sqlalchemy import (
     UniqueConstraint,
     false,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from node.access import UserRole
 from node.delivery import DeliveryState
@@ -100,7 +105,9 @@ class OutboxRow(Base):
     seq: Mapped[int] = mapped_column(SequenceNumber, primary_key=True, autoincrement=True)
     peer: Mapped[str] = mapped_column(String(NAME_CHARS))
     case_id: Mapped[bytes | None] = mapped_column(LargeBinary(ID_BYTES), index=True)
-    message_id: Mapped[bytes] = mapped_column(LargeBinary(ID_BYTES), unique=True)
+    message_id: Mapped[bytes] = mapped_column(
+        LargeBinary(ID_BYTES), unique=True, insert_sentinel=True
+    )
     message_type: Mapped[str] = mapped_column(String(TYPE_CHARS))
     envelope: Mapped[bytes] = mapped_column(LargeBinary)
     state: Mapped[str] = mapped_column(String(STATE_CHARS))
@@ -126,7 +133,7 @@ class InboxRow(Base):
 
     id: Mapped[int] = mapped_column(SequenceNumber, primary_key=True, autoincrement=True)
     sender: Mapped[str] = mapped_column(String(NAME_CHARS))
-    message_id: Mapped[bytes] = mapped_column(LargeBinary(ID_BYTES))
+    message_id: Mapped[bytes] = mapped_column(LargeBinary(ID_BYTES), insert_sentinel=True)
     envelope_hash: Mapped[bytes] = mapped_column(LargeBinary(HASH_BYTES))
     message_type: Mapped[str] = mapped_column(String(TYPE_CHARS))
     case_id: Mapped[bytes | None] = mapped_column(LargeBinary(ID_BYTES), index=True)
@@ -193,6 +200,7 @@ class PeerRow(Base):
     bundle: Mapped[bytes | None] = mapped_column(LargeBinary)
     bundle_sequence: Mapped[int | None] = mapped_column(BigInteger)
     tls_certificates: Mapped[bytes | None] = mapped_column(LargeBinary)
+    identity_statements: Mapped[bytes | None] = mapped_column(LargeBinary)
     fingerprint_verified_at: Mapped[float | None] = mapped_column(Double)
     last_seen_at: Mapped[float | None] = mapped_column(Double)
 
@@ -239,9 +247,12 @@ class CaseMessageRow(Base):
     )
     direction: Mapped[str] = mapped_column(String(STATE_CHARS))
     message_type: Mapped[str] = mapped_column(String(TYPE_CHARS))
-    message_id: Mapped[bytes] = mapped_column(LargeBinary(ID_BYTES))
+    message_id: Mapped[bytes] = mapped_column(LargeBinary(ID_BYTES), insert_sentinel=True)
     at: Mapped[float] = mapped_column(Double)
     body: Mapped[bytes] = mapped_column(LargeBinary)
+    # Never loaded; it tells the unit of work to insert a new case before its first messages,
+    # so a transaction can create cases and journal them with a single flush.
+    case: Mapped[CaseRow] = relationship(lazy="raise")
 
 
 # --- Revision 0002: the people who use the node, their API tokens, and the audit trail ---------
@@ -312,3 +323,68 @@ class AuditRow(Base):
     outcome: Mapped[str] = mapped_column(String(CODE_CHARS))
     previous_hash: Mapped[bytes] = mapped_column(LargeBinary(HASH_BYTES))
     entry_hash: Mapped[bytes] = mapped_column(LargeBinary(HASH_BYTES))
+
+
+# --- Revision 0004: the balance between the cities -------------------------------------------
+
+
+class BalanceStatementRow(Base):
+    """The newest balance statement a peer sent for one year (``node.balance``).
+
+    Anonymous counts only (no case id, no person): ``statement`` is the exact encoding of the
+    ``protocol.messages.BalanceStatement``, whose per-city counts the report compares; ``sent``
+    and ``received`` are its totals. ``message_id`` names the envelope in ``inbox``, whose
+    verified header, body and signature are the signed evidence of what the peer stated.
+    """
+
+    __tablename__ = "balance_statements"
+    __table_args__ = (CheckConstraint("sent >= 0 AND received >= 0", name="counts"),)
+
+    sender: Mapped[str] = mapped_column(String(NAME_CHARS), primary_key=True)
+    year: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    sent: Mapped[int] = mapped_column(Integer)
+    received: Mapped[int] = mapped_column(Integer)
+    as_of: Mapped[datetime.date] = mapped_column(Date)
+    statement: Mapped[bytes] = mapped_column(LargeBinary)
+    message_id: Mapped[bytes] = mapped_column(LargeBinary(ID_BYTES))
+    received_at: Mapped[float] = mapped_column(Double)
+
+
+# --- Revision 0005: documents sent with a referral --------------------------------------------
+
+DOCUMENT_STATES: Final = ["offered", "pending", "verified"]
+
+
+class CaseDocumentRow(Base):
+    """A document of a case (``node.cases.documents``): offered by the home node, or received.
+
+    ``sealed_ref`` is the exact encoding of the document's ``protocol.messages.AttachmentRef``
+    (file name, media type, size, digest, the attachment key) sealed under the case key (purpose
+    ``case.document:<attachment id hex>``), so shredding the case makes the stream on disk
+    unreadable. The rest is routing metadata: ``offered`` (home: the stream waits in
+    ``attachments/out/<peer>/``), ``pending`` (receiving: still to fetch and verify, retried at
+    ``next_attempt_at``), ``verified`` (receiving: fetched to ``attachments/in/<peer>/`` and
+    checked against the reference).
+    """
+
+    __tablename__ = "case_documents"
+    __table_args__ = (
+        CheckConstraint(_one_of("direction", DIRECTIONS), name="direction"),
+        CheckConstraint(_one_of("state", DOCUMENT_STATES), name="state"),
+        UniqueConstraint("peer", "direction", "attachment_id"),
+        Index("ix_case_documents_state_next_attempt_at", "state", "next_attempt_at"),
+    )
+
+    case_id: Mapped[bytes] = mapped_column(
+        LargeBinary(ID_BYTES), ForeignKey("cases.case_id"), primary_key=True
+    )
+    attachment_id: Mapped[bytes] = mapped_column(LargeBinary(ID_BYTES), primary_key=True)
+    direction: Mapped[str] = mapped_column(String(STATE_CHARS))
+    peer: Mapped[str] = mapped_column(String(NAME_CHARS))
+    state: Mapped[str] = mapped_column(String(STATE_CHARS))
+    sealed_ref: Mapped[bytes | None] = mapped_column(LargeBinary)
+    attempts: Mapped[int] = mapped_column(Integer)
+    next_attempt_at: Mapped[float] = mapped_column(Double)
+    last_error: Mapped[str | None] = mapped_column(String(CODE_CHARS))
+    created_at: Mapped[float] = mapped_column(Double)
+    updated_at: Mapped[float] = mapped_column(Double)

@@ -232,7 +232,7 @@ async def test_oversized_malformed_and_mistyped_bodies_are_refused_before_any_ac
 async def test_unknown_paths_methods_and_ids_answer_the_json_error_shape(
     live: LiveFederation,
 ) -> None:
-    missing = await live.call("stockholm", "anna", "GET", "/reports/balance")
+    missing = await live.call("stockholm", "anna", "GET", "/reports/quota")
     assert (missing.status, missing.code) == (404, "not_found")
     method = await live.call("stockholm", "anna", "DELETE", "/cases")
     assert (method.status, method.code) == (405, "method_not_allowed")

@@ -197,6 +197,19 @@ class MemoryOutbox:
             else:
                 row.state, row.refusal = DeliveryState.FAILED, result.status
 
+    async def claim_batch(
+        self,
+        peer: str,
+        limit: int,
+        now: float,
+        settle: tuple[Sequence[OutgoingEnvelope], Sequence[DeliveryResult]] | None = None,
+    ) -> Sequence[OutgoingEnvelope]:
+        if settle is not None:
+            await self.record_results(*settle, now)
+        batch = await self.next_batch(peer, limit, now)
+        await self.mark_sent([envelope.seq for envelope in batch], now)
+        return batch
+
     async def expire_older_than(self, peer: str, cutoff: float) -> int:
         count = 0
         for row in self.rows.values():

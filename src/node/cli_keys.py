@@ -1,0 +1,175 @@
+"""``citynode keys``: the node's own keys — show them, rotate them.
+
+Owns the operator commands of the key lifecycle. Every command takes ``--config`` and ``--json``
+(one JSON object on stdout). Commands change nothing a peer has already been told: a rotation
+appends to the key-history log and announces new keys; announced windows never shrink.
+
+* ``keys show`` — fingerprint, identity key id, the encryption keys with their windows (the one
+  in use and the next marked), the TLS pin, the key-history log head.
+* ``keys rotate --kind encryption`` — the announced next encryption key becomes current now and
+  a new next key is announced.
+* ``keys rotate --kind identity`` — a new identity key, and a succession statement signed by the
+  old and the new key appended to the key-history log and served in the package; the new key
+  signs envelopes and receipts from ``effective_from`` (30 s later), peers keep the old key valid
+  up to then, so what it signed stays verifiable.
+
+* ``keys revoke --since TIME --yes`` — self-revocation after a compromise: a revocation of the
+  identity key, signed by it, logged and served; peers refuse what it signed from ``TIME`` on.
+  The node gets a new key through an agreement change (``agreement propose``).
+
+A running node (``serve``) notices a rotation made by the command within seconds (its key log
+grew), indexes its keystore again and pushes its new bundle to every peer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+from typing import Any
+
+from node.cli_support import add_common, emit, with_node
+from node.errors import NodeError
+from node.own_keys import announced_windows, current_and_next, encryption_windows
+from node.service import Node
+from protocol.keylog import EntryKind
+from protocol.keys import fingerprint
+
+KINDS = ("encryption", "identity")
+
+
+async def key_state(node: Node) -> dict[str, Any]:
+    """The node's public key state, as ``keys show`` prints it."""
+    log = await node.history.load()
+    announced = announced_windows(log)
+    now = int(node.clock())
+    pair = current_and_next(node.own.encryption, node.config.keys, now, announced)
+    in_use = {pair[0].key_id: "current", pair[1].key_id: "next"} if pair else {}
+    identity = node.own.identity_stored
+    city = node.config.city
+    destroyed = sum(1 for e in log.entries if e.kind == EntryKind.ENCRYPTION_KEY_DESTROYED)
+    return {
+        "city": city,
+        "fingerprint": fingerprint(city, identity.public_key),
+        "identity_key_id": identity.key_id.hex(),
+        "encryption_keys": [
+            {
+                "key_id": k.key_id.hex(),
+                "epoch": k.epoch,
+                "not_before": k.not_before,
+                "not_after": k.not_after,
+                "use": in_use.get(k.key_id, "grace"),
+            }
+            for k in encryption_windows(node.own.encryption, node.config.keys, announced)
+        ],
+        "encryption_keys_destroyed": destroyed,
+        "tls_pin": node.tls.pin().hex(),
+        "key_log": {"size": log.size, "head": log.head.hex()},
+        "agreement_version": node.trust().agreement.version if node.has_agreement() else None,
+    }
+
+
+def _text(doc: dict[str, Any]) -> str:
+    lines = []
+    for key, value in doc.items():
+        if key == "encryption_keys":
+            lines.append("encryption_keys:")
+            lines += [
+                f"  epoch {k['epoch']} {k['key_id']} {k['use']} "
+                f"[{k['not_before']}, {k['not_after']}]"
+                for k in value
+            ]
+        else:
+            lines.append(f"{key}: {value}")
+    return "\n".join(lines)
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    """Show the node's public keys and fingerprint (the keystore must be unlocked)."""
+    doc = with_node(args, key_state)
+    emit(args, doc, _text(doc))
+    return 0
+
+
+def _cmd_rotate(args: argparse.Namespace) -> int:
+    """Rotate one kind of key now."""
+
+    async def rotate(node: Node) -> dict[str, Any]:
+        before = await key_state(node)
+        effective_from = None
+        if args.kind == "identity":
+            effective_from = await node.rotate_identity()
+        else:
+            await node.rotate_encryption()
+        after = await key_state(node)
+        return {
+            "kind": args.kind,
+            "before": before,
+            "after": after,
+            "effective_from": effective_from,
+        }
+
+    doc = with_node(args, rotate)
+    if args.kind == "identity":
+        text = (
+            f"identity key succeeded (new key id {doc['after']['identity_key_id']}), "
+            f"signing from {doc['effective_from']}; new fingerprint {doc['after']['fingerprint']}"
+        )
+    else:
+        current = next(k for k in doc["after"]["encryption_keys"] if k["use"] == "current")
+        text = f"encryption key rotated: epoch {current['epoch']} is current"
+    emit(args, doc, text)
+    return 0
+
+
+def parse_time(text: str) -> int:
+    """A time given as Unix seconds or ISO 8601 (``2026-11-27T12:00:00+00:00``; UTC if no zone).
+
+    Raises:
+        argparse.ArgumentTypeError: neither.
+    """
+    if text.isdigit():
+        return int(text)
+    try:
+        parsed = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("give Unix seconds or an ISO 8601 time") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=datetime.UTC)
+    return int(parsed.timestamp())
+
+
+def _cmd_revoke(args: argparse.Namespace) -> int:
+    """Declare the node's identity key compromised since ``--since``."""
+    if not args.yes:
+        raise NodeError(
+            "revoking the identity key stops this node from sending until an agreement change "
+            "gives it a new key; repeat with --yes to do it"
+        )
+
+    async def revoke(node: Node) -> dict[str, Any]:
+        await node.revoke_identity(args.since)
+        return {"revoked_key_id": node.own.identity_stored.key_id.hex(), "since": args.since}
+
+    doc = with_node(args, revoke)
+    emit(args, doc, f"identity key {doc['revoked_key_id']} revoked since {doc['since']}")
+    return 0
+
+
+def register(sub: Any) -> None:
+    """Add ``keys`` and its actions to the ``citynode`` subcommands."""
+    keys = sub.add_parser("keys", help="the node's keys")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    show = keys_sub.add_parser("show", help="public keys, windows, fingerprint, key-log head")
+    add_common(show)
+    show.set_defaults(handler=_cmd_show)
+    rotate = keys_sub.add_parser("rotate", help="rotate a key now")
+    add_common(rotate)
+    rotate.add_argument("--kind", choices=KINDS, required=True, help="which key")
+    rotate.set_defaults(handler=_cmd_rotate)
+    revoke = keys_sub.add_parser("revoke", help="declare the identity key compromised")
+    add_common(revoke)
+    revoke.add_argument(
+        "--since", type=parse_time, required=True, help="compromised since (Unix s or ISO 8601)"
+    )
+    revoke.add_argument("--yes", action="store_true", help="do it without asking")
+    revoke.set_defaults(handler=_cmd_revoke)

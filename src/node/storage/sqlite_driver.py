@@ -1,0 +1,148 @@
+"""SQLite under asyncio with one thread hop per statement: the node's adapter over aiosqlite.
+
+Owns how SQLAlchemy's ``sqlite+aiosqlite`` dialect reaches the database. aiosqlite runs every
+call on the connection's own thread; SQLAlchemy's stock adapter makes four calls per ``SELECT``
+(create a cursor, execute, fetch all, close) and three per write, each a round trip between the
+event loop and that thread — a wake-up of each side, and the GIL changing hands twice. On a
+small machine a round trip costs tens to a hundred microseconds, more than most statements.
+
+The cursor here does the whole statement in ONE call on the connection's thread: open a
+``sqlite3`` cursor, execute (or executemany), read every row, note ``description``, ``rowcount``
+and ``lastrowid``, close it. Nothing else changes: the same aiosqlite connection and thread, the
+same SQL, the same transaction control (``BEGIN``/``BEGIN IMMEDIATE`` statements,
+``commit``/``rollback`` calls), the same error translation by SQLAlchemy. Results are always
+fetched whole, as SQLAlchemy's adapter does for a client-side cursor; server-side (streaming)
+cursors keep aiosqlite's. Invariant: one statement at a time per connection (SQLAlchemy's
+per-connection mutex, kept), so the ``sqlite3`` connection is only ever used from its thread.
+
+It relies on two internals, checked by the storage tests on every run: aiosqlite's
+``Connection._execute(fn, *args)`` (run ``fn`` on the connection's thread) and ``_conn`` (the
+``sqlite3`` connection), and SQLAlchemy's ``AsyncAdapt_aiosqlite_*`` adapter classes.
+"""
+
+from __future__ import annotations
+
+import collections
+import sqlite3
+from collections.abc import Sequence
+from typing import Any
+
+import aiosqlite
+from sqlalchemy.dialects.sqlite.aiosqlite import (
+    AsyncAdapt_aiosqlite_connection,
+    AsyncAdapt_aiosqlite_cursor,
+    AsyncAdapt_aiosqlite_dbapi,
+)
+from sqlalchemy.util import EMPTY_DICT, await_
+
+_Outcome = tuple[Any, list[Any], int, int | None]
+"""``description``, rows, ``rowcount``, ``lastrowid`` of one statement."""
+
+
+def _run_statement(
+    connection: sqlite3.Connection, operation: str, parameters: Any, many: bool
+) -> _Outcome:
+    """Run one statement to the end on the connection's thread (see the module docstring)."""
+    cursor = connection.cursor()
+    try:
+        if many:
+            cursor.executemany(operation, parameters)
+        elif parameters is None:
+            cursor.execute(operation)
+        else:
+            cursor.execute(operation, parameters)
+        description = cursor.description
+        rows = cursor.fetchall() if description else []
+        return description, rows, cursor.rowcount, cursor.lastrowid
+    finally:
+        cursor.close()
+
+
+class OneHopCursor(AsyncAdapt_aiosqlite_cursor):
+    """A DBAPI cursor whose every statement is one call on the connection's thread."""
+
+    __slots__ = ("_arraysize", "_description", "_lastrowid", "_rowcount")
+    _awaitable_cursor_close = False  # nothing stays open between statements
+
+    def __init__(self, adapt_connection: Any) -> None:
+        self._adapt_connection = adapt_connection
+        self._connection = adapt_connection._connection
+        self._cursor = None  # type: ignore[assignment]  # no aiosqlite cursor is kept
+        self._soft_closed_memoized = EMPTY_DICT
+        self._rows = collections.deque()
+        self._description: Any = None
+        self._rowcount = -1
+        self._lastrowid: int | None = None
+        self._arraysize = 1
+
+    @property
+    def description(self) -> Any:
+        return self._description
+
+    @property
+    def rowcount(self) -> int:
+        return self._rowcount
+
+    @property
+    def lastrowid(self) -> int:
+        return self._lastrowid  # type: ignore[return-value]  # DBAPI allows None
+
+    @property
+    def arraysize(self) -> int:
+        return self._arraysize
+
+    @arraysize.setter
+    def arraysize(self, value: int) -> None:
+        self._arraysize = value
+
+    async def _execute_async(self, operation: Any, parameters: Any) -> Any:
+        return await self._run(operation, parameters, many=False)
+
+    async def _executemany_async(self, operation: Any, seq_of_parameters: Any) -> Any:
+        return await self._run(operation, seq_of_parameters, many=True)
+
+    async def _run(self, operation: str, parameters: Any, *, many: bool) -> None:
+        async with self._adapt_connection._execute_mutex:
+            connection: aiosqlite.Connection = self._connection  # type: ignore[assignment]
+            outcome: _Outcome = await connection._execute(  # type: ignore[no-untyped-call]
+                _run_statement, connection._conn, operation, parameters, many
+            )
+        self._description, rows, self._rowcount, self._lastrowid = outcome
+        self._rows = collections.deque(rows)
+
+    def close(self) -> None:
+        self._rows.clear()
+
+    def nextset(self) -> None:
+        raise NotImplementedError("SQLite statements have one result set")
+
+    def setinputsizes(self, *inputsizes: Any) -> None:
+        return None
+
+    def fetchall(self) -> Sequence[Any]:
+        rows = list(self._rows)
+        self._rows.clear()
+        return rows
+
+
+class OneHopConnection(AsyncAdapt_aiosqlite_connection):
+    """SQLAlchemy's aiosqlite connection adapter, with :class:`OneHopCursor` cursors."""
+
+    __slots__ = ()
+    _cursor_cls = OneHopCursor
+
+
+class OneHopDbapi(AsyncAdapt_aiosqlite_dbapi):
+    """The DBAPI module object given to ``create_async_engine(..., module=...)``."""
+
+    def connect(self, *arg: Any, **kw: Any) -> OneHopConnection:
+        creator = kw.pop("async_creator_fn", None)
+        pending = creator(*arg, **kw) if creator else self.aiosqlite.connect(*arg, **kw)
+        if not creator:
+            pending._thread.daemon = True  # as SQLAlchemy's adapter does
+        return OneHopConnection(self, await_(pending))
+
+
+def one_hop_dbapi() -> OneHopDbapi:
+    """The module object for ``create_async_engine(url, module=one_hop_dbapi())``."""
+    return OneHopDbapi(aiosqlite, sqlite3)
