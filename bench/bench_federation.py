@@ -14,7 +14,8 @@ verifies and stores.
 2. **Latency**: inquiries are opened through the case API (``POST /api/v1/cases``, a case
    worker's bearer token) at 200 a second, open loop, while both nodes run; each message's
    send-to-receipt latency is its outbox row's ``receipted_at - created_at`` (both recorded by
-   the sending node). Target: p99 < 50 ms.
+   the sending node). Target: p99 < 50 ms. The rate the API actually took is reported, and the
+   same is measured at 40 a second, a rate the API keeps up with on a 2-vCPU machine.
 3. **Drain after an outage**: the receiver is stopped for 30 s; 1,000 inquiries are opened at
    the sender meanwhile; the receiver is started again and the time from its federation port
    accepting connections until the sender's outbox holds no undelivered message is measured.
@@ -47,6 +48,7 @@ import datetime
 import json
 import os
 import secrets
+import shutil
 import socket
 import statistics
 import subprocess
@@ -489,6 +491,34 @@ def _caseworker_token(federation: LocalFederation) -> str:
     return str(federation.citynode(SENDER, "users", "token", "bench.caseworker")["token"])
 
 
+async def _run_parts(
+    federation: LocalFederation,
+    root: Path,
+    parts: set[str],
+    sizes: Sizes,
+    messages: int,
+    summary: str,
+    body: bytes,
+    result: dict[str, Any],
+) -> None:
+    token = _caseworker_token(federation)
+    federation.start_all()
+    if "rss" in parts:
+        rss = _idle_rss(federation)
+        result["idle_rss_mib_by_node"] = rss
+        result["idle_rss_mib"] = max(rss.values())
+    if "latency" in parts:
+        for rate in (OFFERED_PER_S, SUSTAINED_PER_S):
+            result.update(await _latency(federation, token, body, sizes.latency_s, rate))
+    if "drain" in parts:
+        result.update(await _drain(federation, token, body, sizes.backlog, sizes.outage_s))
+    if "throughput" in parts:
+        result.update(await _throughput(federation, messages, summary))
+        result["rss_after_load_mib"] = round(_rss_mib(federation.pid(RECEIVER)), 1)
+        federation.stop_all()
+        result.update(await _raw(federation, root / "federation", messages))
+
+
 async def run(args: argparse.Namespace) -> dict:
     sizes = QUICK if args.quick else FULL
     messages = args.messages or sizes.messages
@@ -496,39 +526,26 @@ async def run(args: argparse.Namespace) -> dict:
     summary = _summary(today)
     body = _api_body(summary, today)
     limits = {"max_queue_length": max(10_000, 2 * messages)}
-    root = Path(tempfile.mkdtemp(prefix="citynode-bench-", dir=args.workdir))
     pg_url = args.pg_url or os.environ.get(PG_URL_ENV)
     if args.database == "postgresql" and not pg_url:
         raise SystemExit(f"--database postgresql needs --pg-url or {PG_URL_ENV}")
     result: dict[str, Any] = {"quick": args.quick, "database": args.database}
-    federation = LocalFederation.create(
-        root / "federation",
-        (SENDER, RECEIVER),
-        database=args.database,
-        pg_url=pg_url if args.database == "postgresql" else None,
-        limits=limits,
-    )
     parts = set(args.only.split(",")) if args.only else set(PARTS)
+    root = Path(tempfile.mkdtemp(prefix="citynode-bench-", dir=args.workdir))
     try:
-        token = _caseworker_token(federation)
-        federation.start_all()
-        if "rss" in parts:
-            rss = _idle_rss(federation)
-            result["idle_rss_mib_by_node"] = rss
-            result["idle_rss_mib"] = max(rss.values())
-        if "latency" in parts:
-            for rate in (OFFERED_PER_S, SUSTAINED_PER_S):
-                result.update(await _latency(federation, token, body, sizes.latency_s, rate))
-        if "drain" in parts:
-            result.update(await _drain(federation, token, body, sizes.backlog, sizes.outage_s))
-        if "throughput" in parts:
-            result.update(await _throughput(federation, messages, summary))
-            result["rss_after_load_mib"] = round(_rss_mib(federation.pid(RECEIVER)), 1)
-            federation.stop_all()
-            result.update(await _raw(federation, root / "federation", messages))
+        federation = LocalFederation.create(
+            root / "federation",
+            (SENDER, RECEIVER),
+            database=args.database,
+            pg_url=pg_url if args.database == "postgresql" else None,
+            limits=limits,
+        )
+        try:
+            await _run_parts(federation, root, parts, sizes, messages, summary, body, result)
+        finally:
+            federation.destroy()
     finally:
-        federation.destroy()
-        root.rmdir() if root.exists() and not any(root.iterdir()) else None
+        shutil.rmtree(root, ignore_errors=True)
     result["body_bytes"] = len(codec.encode(_inquiry(bytes(16), summary, today)))
     if "msgs_per_s" in result:
         result["raw_ratio"] = round(result["msgs_per_s"] / result["raw_posts_per_s"], 3)

@@ -24,7 +24,6 @@ from node.cli_report import register as register_report
 from node.cli_support import add_common, config_of, emit
 from node.cli_users import register as register_users
 from node.errors import NodeError
-from node.flowchart import flow_svg
 from node.keystore import KDF_PROFILES
 from node.logs import configure_logging
 from node.provision import create_node
@@ -40,6 +39,9 @@ Handler = Callable[[argparse.Namespace], int]
 
 def _cmd_flow(args: argparse.Namespace) -> int:
     """Draw the case state machine from the transition table the code runs."""
+    # matplotlib costs ~40 MiB of every node process: load it only when drawing.
+    from node.flowchart import flow_svg  # noqa: PLC0415
+
     role = Role(args.role) if args.role else None
     source = flow_svg(role) if args.format == "svg" else mermaid(role)
     if args.out is not None:

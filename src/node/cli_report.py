@@ -22,7 +22,6 @@ from typing import Any
 import msgspec
 
 from node.audit import AuditTrail
-from node.balance_chart import balance_chart
 from node.balance_report import FIRST_YEAR, LAST_YEAR, BalanceReport, BalanceService, CityBalance
 from node.cli_support import add_common, emit, with_node
 from node.errors import NodeError
@@ -43,6 +42,9 @@ def _year(text: str) -> int:
 
 
 def _report_balance(args: argparse.Namespace) -> int:
+    # matplotlib costs ~40 MiB of every node process: load it only when drawing.
+    from node.balance_chart import balance_chart  # noqa: PLC0415
+
     chart: Path | None = args.chart
     picture = None if chart is None else format_of(chart.name)
     if chart is not None and picture is None:

@@ -12,11 +12,10 @@ Owns the one way the node uses matplotlib. Invariants:
 from __future__ import annotations
 
 import io
-from typing import Final, Literal
+from typing import TYPE_CHECKING, Final, Literal
 
-import matplotlib
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 PictureFormat = Literal["png", "svg"]
 FORMATS: Final[tuple[PictureFormat, ...]] = ("png", "svg")
@@ -25,6 +24,10 @@ DPI: Final = 120
 
 def new_figure(width_in: float, height_in: float) -> Figure:
     """A blank figure of the given size in inches, on an Agg canvas."""
+    # matplotlib costs ~40 MiB: only processes that draw load it.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415
+    from matplotlib.figure import Figure  # noqa: PLC0415
+
     figure = Figure(figsize=(width_in, height_in), dpi=DPI, layout="constrained")
     FigureCanvasAgg(figure)
     return figure
@@ -40,6 +43,8 @@ def render(figure: Figure, picture_format: PictureFormat) -> bytes:
     Returns:
         The file's bytes.
     """
+    import matplotlib  # noqa: PLC0415 (see new_figure)
+
     out = io.BytesIO()
     if picture_format == "svg":
         # Fixed ids instead of random ones, and text kept as text.
