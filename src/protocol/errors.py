@@ -23,7 +23,8 @@ The tree::
         ├── EnvelopeRejected       a well-formed envelope that fails a check of ``open``
         ├── AttachmentRejected     an attachment stream that fails authentication
         ├── AgreementRejected      an agreement version that does not verify
-        └── EquivocationDetected   two different key-log heads signed for one size
+        ├── EquivocationDetected   two different key-log heads signed for one size
+        └── KeyLogBroken           a key-history log whose chain breaks (names the entry)
 """
 
 from __future__ import annotations
