@@ -6,13 +6,17 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test lint typecheck pytest bench bench-quick spec clean
+.PHONY: demo test lint typecheck pytest bench bench-quick spec clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
+
+# Three city nodes on loopback (SQLite, scratch directory var/demo) and a whole case flow.
+demo: $(STAMP)
+	$(BIN)/citynode demo
 
 test: $(STAMP) lint typecheck pytest
 

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from node.cli_demo import register as register_demo
 from node.cli_keys import register as register_keys
 from node.cli_membership import register as register_membership
 from node.cli_report import register as register_report
@@ -164,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_membership(sub)
     register_users(sub)
     register_report(sub)
+    register_demo(sub)
     return parser
 
 

@@ -83,6 +83,11 @@ def _peers_list(args: argparse.Namespace) -> int:
                 "verified": v.verified,
                 "endpoint": v.endpoint,
                 "last_seen_at": v.last_seen_at,
+                "key_sequence": v.key_sequence,
+                "identity_key_id": v.identity_key_id,
+                "seals_to": None
+                if v.seals_to is None
+                else {"epoch": v.seals_to[0], "key_id": v.seals_to[1]},
             }
             for v in views
         ]

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import ClassVar
 
@@ -40,8 +40,9 @@ from protocol.agreement import (
     verify_successor,
 )
 from protocol.agreement_draft import MemberKeys, complete_draft, draft_from_toml
+from protocol.errors import RemoteProtocolError
 from protocol.key_bundle import verify_bundle
-from protocol.keys import fingerprint
+from protocol.keys import EncryptionKey, fingerprint
 
 
 class MembershipError(NodeError):
@@ -66,6 +67,10 @@ class PeerView:
         verified: whether its fingerprint was confirmed by this node's operator.
         endpoint: its federation URL (known once an agreement names it).
         last_seen_at: when it last reached us.
+        key_sequence: the sequence number of the newest key bundle we hold from it.
+        identity_key_id: its identity key id (hex) in that bundle.
+        seals_to: the encryption key this node seals to it now: ``(epoch, key id hex)``, or
+            ``None`` when no key of the bundle is valid now (or none was received yet).
     """
 
     city: str
@@ -73,6 +78,9 @@ class PeerView:
     verified: bool
     endpoint: str
     last_seen_at: float | None
+    key_sequence: int | None = None
+    identity_key_id: str | None = None
+    seals_to: tuple[int, str] | None = None
 
 
 def _normalise_digits(digits: str) -> str:
@@ -126,24 +134,31 @@ async def verify_peer(node: Node, city: str, digits: str) -> PeerView:
 async def list_peers(node: Node, only: str | None = None) -> list[PeerView]:
     """The stored peers (or just ``only``), with their fingerprints and trust state."""
     views = []
+    now = int(node.clock())
     for record in await node.peers.all():
         if only is not None and record.city != only:
             continue
-        digits = None
-        if record.bundle is not None:
-            bundle = verify_bundle(
-                record.bundle, None, int(node.clock()), node.config.limits.protocol
-            )
-            digits = fingerprint(record.city, bundle.identity_key)
-        views.append(
-            PeerView(
-                city=record.city,
-                fingerprint=digits,
-                verified=record.fingerprint_verified_at is not None,
-                endpoint=record.endpoint,
-                last_seen_at=record.last_seen_at,
-            )
+        view = PeerView(
+            city=record.city,
+            fingerprint=None,
+            verified=record.fingerprint_verified_at is not None,
+            endpoint=record.endpoint,
+            last_seen_at=record.last_seen_at,
         )
+        if record.bundle is not None:
+            bundle = verify_bundle(record.bundle, None, now, node.config.limits.protocol)
+            try:
+                sealing: EncryptionKey | None = bundle.sealing_key(now)
+            except RemoteProtocolError:  # expired_key: none of its keys is valid now
+                sealing = None
+            view = replace(
+                view,
+                fingerprint=fingerprint(record.city, bundle.identity_key),
+                key_sequence=bundle.sequence,
+                identity_key_id=bundle.identity_key_id.hex(),
+                seals_to=None if sealing is None else (sealing.epoch, sealing.key_id.hex()),
+            )
+        views.append(view)
     return views
 
 
