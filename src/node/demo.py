@@ -56,10 +56,10 @@ def fake_personnummer(serial: int) -> str:
 
 # Made-up people, one per relocation that gets as far as a referral.
 PEOPLE: Final = (
-    {"name": "Demo Exempelsson", "personnummer": fake_personnummer(101), "phone": "070-000 00 01"},
-    {"name": "Testa Påhittadsson", "personnummer": fake_personnummer(202)},
-    {"name": "Fiktiv Demodotter", "personnummer": fake_personnummer(303)},
-    {"name": "Exempel Kvotsson", "personnummer": fake_personnummer(404)},
+    {"name": "Vilgot Exempelsson", "personnummer": fake_personnummer(101), "phone": "070-000 00 01"},
+    {"name": "Tindra Påhittadsdotter", "personnummer": fake_personnummer(202)},
+    {"name": "Alvar Fiktivsson", "personnummer": fake_personnummer(303)},
+    {"name": "Majken Kvotsson", "personnummer": fake_personnummer(404)},
 )
 
 
