@@ -102,6 +102,20 @@ class AttachmentStore:
         """Where to write a stream that ``peer`` may fetch (write it there atomically)."""
         return _folder(self._root, "out", peer) / attachment_id.hex()
 
+    def discard(self, peer: str, attachment_id: bytes, *, received: bool) -> bool:
+        """Delete a stream (received from ``peer``, or offered to it), e.g. once its case is
+        shredded: its key is gone, and an unreadable file is still no file to keep.
+
+        Returns:
+            Whether there was a file.
+        """
+        path = self._root / ("in" if received else "out") / peer / attachment_id.hex()
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
     def source(self) -> OfferedAttachments:
         """The federation listener's source: streams offered to each peer."""
         return OfferedAttachments(self._root)

@@ -13,6 +13,8 @@ node"; DESIGN.md: destroying the case key erases the case). Invariants:
   and the sealed identity: the identity, every journal body and every inbox payload of the case
   (all sealed under that key) can never be read again. The non-secret columns stay: cities,
   units, states, times and the quota year, from which ``node.balance`` counts relocations.
+  The case's document streams on disk (sealed under keys kept under the case key, so already
+  unreadable) are then deleted as well.
 * **Each shredding is audited** (``case_shredded``, by the node's console account, in the same
   transaction as the shredding itself), so an auditor sees when each case was erased and why.
 """
@@ -27,12 +29,13 @@ from typing import Final
 
 from sqlalchemy import select
 
+from node.attachment_store import AttachmentStore
 from node.audit import AuditTrail
 from node.storage.case_store import CaseStore
 from node.storage.database import Database
-from node.storage.schema import CaseRow
+from node.storage.schema import CaseDocumentRow, CaseRow
 from node.users import CONSOLE
-from protocol.cases import Role
+from protocol.cases import Direction, Role
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +77,8 @@ class CaseRetention:
         audit: the audit trail (one entry per case shredded).
         after_days: days after closure before a case is shredded.
         clock: Unix seconds now.
+        attachments: the node's attachment streams, whose files of a shredded case are
+            deleted (``None``: leave the files, e.g. for a report that only reads).
     """
 
     def __init__(
@@ -84,12 +89,14 @@ class CaseRetention:
         audit: AuditTrail,
         after_days: int,
         clock: Callable[[], float],
+        attachments: AttachmentStore | None = None,
     ) -> None:
         self._db = db
         self._cases = cases
         self._audit = audit
         self._period_s = after_days * DAY_S
         self._clock = clock
+        self._attachments = attachments
 
     async def retained(self, *, limit: int = MAX_PER_PASS) -> list[RetainedCase]:
         """The ended cases not yet shredded that this node will shred, the soonest due first.
@@ -149,6 +156,25 @@ class CaseRetention:
                     outcome="ok",
                 )
             shredded.append(case.case_id)
+            await self._discard_documents(case.case_id)
         if shredded:
             logger.info("retention: %d closed cases shredded", len(shredded))
         return shredded
+
+    async def _discard_documents(self, case_id: bytes) -> None:
+        """Delete the document streams of a shredded case (after the shredding committed)."""
+        if self._attachments is None:
+            return
+        async with self._db.reading() as s:
+            rows = (
+                await s.execute(
+                    select(
+                        CaseDocumentRow.peer,
+                        CaseDocumentRow.attachment_id,
+                        CaseDocumentRow.direction,
+                    ).where(CaseDocumentRow.case_id == case_id)
+                )
+            ).all()
+        for peer, attachment_id, direction in rows:
+            received = direction == Direction.RECEIVED.value
+            self._attachments.discard(peer, bytes(attachment_id), received=received)

@@ -38,6 +38,7 @@ from node.audit import AuditTrail
 from node.balance import YearCounts, count_own
 from node.retention import DAY_S, SHREDDED, CaseRetention
 from node.service import Node, serve
+from node.storage.schema import CaseDocumentRow
 from node.storage.vault import CaseShredded
 
 PERIOD_DAYS = 2
@@ -164,3 +165,45 @@ async def test_the_serving_node_shreds_due_cases_in_its_housekeeping(tmp_path: P
         finally:
             stop.set()
             await task
+
+
+async def test_shredding_a_case_deletes_its_document_streams_and_no_other(trio: Federation) -> None:
+    stockholm, goteborg = await trio.open("stockholm"), await trio.open("goteborg")
+    ended = await relocation(stockholm, goteborg, index=1)
+    await end_relocation(stockholm, goteborg, ended)
+    ongoing = await relocation(stockholm, goteborg, index=2)
+    streams = {}
+    for case_id in (ended, ongoing):
+        attachment_id = new_case_id()  # 16 random bytes, as an attachment id is
+        async with goteborg.db.transaction() as s:
+            s.add(
+                CaseDocumentRow(
+                    case_id=case_id,
+                    attachment_id=attachment_id,
+                    direction="received",
+                    peer="stockholm",
+                    state="verified",
+                    sealed_ref=None,
+                    attempts=1,
+                    next_attempt_at=0.0,
+                    last_error=None,
+                    created_at=goteborg.clock(),
+                    updated_at=goteborg.clock(),
+                )
+            )
+        upload = await goteborg.attachments.open("stockholm", attachment_id)
+        await upload.write(b"sealed stream of a fictive document")
+        await upload.commit()
+        streams[case_id] = goteborg.attachments.received("stockholm", attachment_id)
+
+    retention = CaseRetention(
+        db=goteborg.db,
+        cases=goteborg.cases,
+        audit=AuditTrail(goteborg.db, goteborg.clock),
+        after_days=PERIOD_DAYS,
+        clock=lambda: goteborg.clock() + 3 * DAY_S,
+        attachments=goteborg.attachments,
+    )
+    assert await retention.shred_due() == [ended]
+    assert not streams[ended].exists()
+    assert streams[ongoing].read_bytes() == b"sealed stream of a fictive document"
