@@ -80,7 +80,7 @@ async def _add_accounts(federation: LocalFederation, city: str, units: list[str]
         await node.close()
 
 
-def _clear(root: Path, pg_url: str | None) -> None:
+def clear(root: Path, pg_url: str | None) -> None:
     """Remove a previous demo at ``root``; refuse if it runs or is not a demo."""
     if not root.exists() or not any(root.iterdir()):
         return
@@ -96,7 +96,7 @@ def _clear(root: Path, pg_url: str | None) -> None:
 
 def _provision(args: argparse.Namespace, narrator: Narrator) -> tuple[LocalFederation, Any]:
     units = _units(args.config)
-    _clear(args.root, args.pg_url)
+    clear(args.root, args.pg_url)
     narrator.say(f"Setting up {', '.join(CITIES)} in {args.root}, as their operators would:")
     federation = LocalFederation.create(
         args.root,

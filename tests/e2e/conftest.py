@@ -27,6 +27,7 @@ _HERE = str(Path(__file__).resolve().parent)
 if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
+from demo_support import DemoRun  # noqa: E402
 from e2e_support import PG_URL_ENV, SECRET, Loaded, queue_cases  # noqa: E402
 
 from node.localnet import Backend, LocalFederation  # noqa: E402
@@ -139,3 +140,38 @@ def loaded(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Loaded]:
     copy = template.federation.clone(tmp_path / "federation")
     yield Loaded(copy, template.streams)
     copy.destroy()
+
+
+@pytest.fixture(scope="session")
+def demo_runs(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, DemoRun]]:
+    """``citynode demo`` on SQLite with ``--keep``, and as ``make demo`` runs it on PostgreSQL
+    (when a server is given), side by side.
+
+    At the end ``citynode demo --stop`` must stop the three kept nodes (and drops the PostgreSQL
+    demo's databases); no node of either run may answer after.
+    """
+    pg_url = os.environ.get(PG_URL_ENV)
+    runs = {"sqlite": DemoRun("sqlite", tmp_path_factory.mktemp("demo-sqlite") / "demo", None)}
+    if pg_url:
+        root = tmp_path_factory.mktemp("demo-postgresql") / "demo"
+        runs["postgresql"] = DemoRun("postgresql", root, pg_url)
+    with ThreadPoolExecutor(max_workers=len(runs)) as pool:
+        futures = {name: pool.submit(run.start) for name, run in runs.items()}
+        wait(futures.values())
+    try:
+        for future in futures.values():
+            future.result()
+        yield runs
+    finally:
+        for run in runs.values():
+            run.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def demo_run(request: pytest.FixtureRequest, demo_runs: dict[str, DemoRun]) -> DemoRun:
+    """One backend's demo run (PostgreSQL skipped, saying why, without a server)."""
+    if request.param not in demo_runs:
+        _pg_url()
+    return demo_runs[request.param]
