@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest bench bench-quick spec clean
+.PHONY: demo test lint typecheck pytest bench bench-quick spec fuzz clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,11 @@ bench: $(STAMP) gnupg
 bench-quick: $(STAMP) gnupg
 	$(BIN)/python bench/bench_protocol.py --quick
 	$(BIN)/python bench/bench_federation.py --quick
+
+# The long fuzz run: >= 1,000,000 decoder inputs plus the inbox over HTTP (docs/fuzzing.md).
+# Exits non-zero on any unhandled exception or hang; failing inputs go to var/fuzz-crashes/.
+fuzz: $(STAMP)
+	$(BIN)/python tests/fuzz/run.py
 
 # The protocol specification docs/protocol.md is assembled from its chapters in docs/spec/.
 spec: $(STAMP)
