@@ -56,7 +56,11 @@ def fake_personnummer(serial: int) -> str:
 
 # Made-up people, one per relocation that gets as far as a referral.
 PEOPLE: Final = (
-    {"name": "Vilgot Exempelsson", "personnummer": fake_personnummer(101), "phone": "070-000 00 01"},
+    {
+        "name": "Vilgot Exempelsson",
+        "personnummer": fake_personnummer(101),
+        "phone": "070-000 00 01",
+    },
     {"name": "Tindra Påhittadsdotter", "personnummer": fake_personnummer(202)},
     {"name": "Alvar Fiktivsson", "personnummer": fake_personnummer(303)},
     {"name": "Majken Kvotsson", "personnummer": fake_personnummer(404)},
