@@ -28,6 +28,7 @@ Owns the connection to the one database of a node (nothing is shared between cit
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import re
@@ -36,11 +37,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, ClassVar, Final
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import event, text
+from sqlalchemy import event, inspect, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import (
     ArgumentError,
@@ -201,6 +198,8 @@ class Database:
             if self.schema is not None:
                 await _ensure_schema(connection, self.schema)
             before = await connection.run_sync(_current_revision)
+            if before == head_revision():  # the usual case: nothing to do, Alembic not loaded
+                return before, before
             if before is not None and before not in known_revisions():
                 # Alembic would fail with its own error (not a SQLAlchemyError) and a traceback.
                 raise StorageError(
@@ -281,16 +280,36 @@ class Database:
 
 def head_revision() -> str:
     """Return the newest revision shipped with the code (what :meth:`Database.migrate` reaches)."""
-    head = ScriptDirectory.from_config(alembic_config(None)).get_current_head()
-    if head is None:  # pragma: no cover - the package always ships a revision
-        raise StorageError("no migrations are shipped with this package")
-    return head
+    return _shipped()[1]
 
 
 def known_revisions() -> frozenset[str]:
     """Return every revision shipped with the code."""
-    script = ScriptDirectory.from_config(alembic_config(None))
-    return frozenset(revision.revision for revision in script.walk_revisions())
+    return _shipped()[0]
+
+
+_REVISION_LINE: Final = re.compile(
+    r'^(down_revision|revision): str(?: \| None)? = "?(\w+)"?$', re.M
+)
+
+
+@functools.cache
+def _shipped() -> tuple[frozenset[str], str]:
+    """The shipped revisions and the head, read from the migration files without loading Alembic
+    (its import costs every ``citynode`` command a noticeable part of its start-up); a test
+    checks both against Alembic's own reading of the same files."""
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for path in (MIGRATIONS_DIR / "versions").glob("r*.py"):
+        source = path.read_text()
+        found = {match[1]: match[2] for match in _REVISION_LINE.finditer(source)}
+        revisions.add(found["revision"])
+        if found.get("down_revision", "None") != "None":
+            parents.add(found["down_revision"])
+    heads = revisions - parents
+    if len(heads) != 1:  # pragma: no cover - the package ships one linear chain
+        raise StorageError(f"the shipped migrations have {len(heads)} heads")
+    return frozenset(revisions), heads.pop()
 
 
 def _reason(error: BaseException) -> str:
@@ -312,7 +331,7 @@ def _reason(error: BaseException) -> str:
     return name
 
 
-def alembic_config(connection: Connection | None) -> Config:
+def alembic_config(connection: Connection | None) -> Any:
     """Return the Alembic configuration, built in code (there is no ``alembic.ini``).
 
     Args:
@@ -321,6 +340,8 @@ def alembic_config(connection: Connection | None) -> Config:
     Returns:
         A configuration whose ``script_location`` is the migrations shipped in this package.
     """
+    from alembic.config import Config  # noqa: PLC0415 (only when migrating: see _shipped)
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.attributes["connection"] = connection
@@ -328,11 +349,19 @@ def alembic_config(connection: Connection | None) -> Config:
 
 
 def _upgrade_to_head(connection: Connection) -> None:
+    from alembic import command  # noqa: PLC0415 (only when migrating: see _shipped)
+
     command.upgrade(alembic_config(connection), "head")
 
 
 def _current_revision(connection: Connection) -> str | None:
-    return MigrationContext.configure(connection).get_current_revision()
+    """The schema's revision, read as Alembic keeps it (its ``alembic_version`` table)."""
+    if not inspect(connection).has_table("alembic_version"):
+        return None
+    rows = connection.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
+    if len(rows) > 1:  # pragma: no cover - one linear chain, one row
+        raise StorageError("the database has more than one schema revision")
+    return str(rows[0]) if rows else None
 
 
 async def _ensure_schema(connection: AsyncConnection, schema: str) -> None:

@@ -22,6 +22,7 @@ from node.storage.database import (
     StorageError,
     alembic_config,
     head_revision,
+    known_revisions,
 )
 from node.storage.schema import Base, PeerRow
 
@@ -57,6 +58,7 @@ async def test_every_migration_runs_up_and_down_and_head_matches_the_models(
     script = ScriptDirectory.from_config(alembic_config(None))
     revisions = [r.revision for r in reversed(list(script.walk_revisions()))]
     assert revisions[-1] == head_revision()
+    assert known_revisions() == frozenset(revisions)  # read without Alembic, the same answer
 
     for revision in revisions:  # up, one revision at a time
         async with database.engine.begin() as connection:
