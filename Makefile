@@ -34,13 +34,13 @@ pytest: $(STAMP)
 gnupg:
 	@command -v gpg >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq gnupg)
 
+# Every benchmark, one after the other; writes docs/performance.md (raw JSON in var/bench/).
 bench: $(STAMP) gnupg
-	$(BIN)/python bench/bench_protocol.py
-	$(BIN)/python bench/bench_federation.py
+	$(BIN)/python bench/report.py
 
+# The short version (CI sizes): the page goes to var/bench/, docs/ keeps the full figures.
 bench-quick: $(STAMP) gnupg
-	$(BIN)/python bench/bench_protocol.py --quick
-	$(BIN)/python bench/bench_federation.py --quick
+	$(BIN)/python bench/report.py --quick --out var/bench/performance-quick.md
 
 # The long fuzz run: >= 1,000,000 decoder inputs plus the inbox over HTTP (docs/fuzzing.md).
 # Exits non-zero on any unhandled exception or hang; failing inputs go to var/fuzz-crashes/.

@@ -24,7 +24,11 @@ verifies and stores.
    as the node queues them), the receiver is started, then the sender; the rate is the messages
    over the time from the sender's first send (its earliest ``last_attempt_at``) to the last
    receipt stored (the latest ``receipted_at``); ``msgs_per_s_incl_start`` counts from the
-   ``serve`` process's start instead. Target: >= 2,000 messages/s.
+   ``serve`` process's start instead. Target: >= 2,000 messages/s. The CPU each node process
+   used per message receipted while the batches flowed (``/proc``, every thread) is reported as
+   ``cpu_us_per_msg_sender`` and ``cpu_us_per_msg_receiver``: with one batch in flight the two
+   nodes mostly take turns, so the rate is near ``1e6 / (sender + receiver)``, and on two cores
+   it cannot pass ``2e6 / (sender + receiver)`` however the work overlaps.
 5. **Raw baseline**, in the same run and with both nodes stopped: the same envelope bytes, in
    batches of the node's ``batch_size`` one after the other (the sender's one batch in flight),
    POSTed by aiohttp with the federation client's connector settings and SSL context
@@ -33,8 +37,9 @@ verifies and stores.
    its items and answers a results body of the real size without storing anything. Target: the
    nodes' rate >= 0.25 of the raw one.
 
-Prints a Markdown table, or one JSON object with ``--json``; always exits 0 (it reports, it does
-not judge). ``--quick`` shrinks the counts and the outage for CI.
+Prints a Markdown table, or one JSON object with ``--json`` (with the 1-minute load average at
+the start and the end, ``load_1m_start``/``load_1m_end``: a busy machine slows every part); always
+exits 0 (it reports, it does not judge). ``--quick`` shrinks the counts and the outage for CI.
 
 Usage: ``python bench/bench_federation.py [--quick] [--json] [--database sqlite|postgresql]
 [--pg-url URL] [--workdir DIR] [--messages N]`` (``make bench``, ``make bench-quick``).
@@ -236,6 +241,14 @@ def _rss_mib(pid: int | None) -> float:
     return float("nan")
 
 
+def _cpu_s(pid: int | None) -> float:
+    """CPU seconds (user + system, every thread) a process has used so far (``/proc``)."""
+    if pid is None:
+        return float("nan")
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _idle_rss(federation: LocalFederation) -> dict[str, float]:
     time.sleep(SETTLE_S)  # started, healthy, a heartbeat exchanged each way
     return {city: round(_rss_mib(federation.pid(city)), 1) for city in (SENDER, RECEIVER)}
@@ -373,11 +386,17 @@ async def _throughput(federation: LocalFederation, messages: int, summary: str) 
         federation.wait_healthy(RECEIVER)
         started_wall = time.time()
         federation.start(SENDER)
+        federation.wait_healthy(SENDER)
+        pids = {city: federation.pid(city) for city in (SENDER, RECEIVER)}
+        cpu_before = {city: _cpu_s(pid) for city, pid in pids.items()}
+        receipted_before = await outbox.count("receipted")
 
         async def all_receipted() -> bool:
             return await outbox.undelivered() == 0
 
         await outbox.wait(all_receipted, 600.0, "throughput run")
+        cpu_used = {city: _cpu_s(pid) - cpu_before[city] for city, pid in pids.items()}
+        receipted_meanwhile = await outbox.count("receipted") - receipted_before
         [(first_send, last_receipt, n)] = await outbox.rows(
             "SELECT min(last_attempt_at), max(receipted_at), count(*) FROM outbox "
             "WHERE seq > :after AND state = 'receipted'",
@@ -391,8 +410,11 @@ async def _throughput(federation: LocalFederation, messages: int, summary: str) 
     if n != messages:
         raise RuntimeError(f"{n} of {messages} messages receipted")
     window = last_receipt - first_send
+    per_msg = {city: used / max(1, receipted_meanwhile) * 1e6 for city, used in cpu_used.items()}
     return {
         "messages": messages,
+        "cpu_us_per_msg_sender": round(per_msg[SENDER]),
+        "cpu_us_per_msg_receiver": round(per_msg[RECEIVER]),
         "queue_msgs_per_s": round(messages / queue_s, 1),
         "throughput_s": round(window, 2),
         "msgs_per_s": round(messages / window, 1),
@@ -530,6 +552,7 @@ async def run(args: argparse.Namespace) -> dict:
     if args.database == "postgresql" and not pg_url:
         raise SystemExit(f"--database postgresql needs --pg-url or {PG_URL_ENV}")
     result: dict[str, Any] = {"quick": args.quick, "database": args.database}
+    result["load_1m_start"] = round(os.getloadavg()[0], 2)
     parts = set(args.only.split(",")) if args.only else set(PARTS)
     root = Path(tempfile.mkdtemp(prefix="citynode-bench-", dir=args.workdir))
     try:
@@ -552,12 +575,13 @@ async def run(args: argparse.Namespace) -> dict:
     result["targets"] = {
         key: met(result[key]) for key, (met, _) in TARGETS.items() if key in result
     }
+    result["load_1m_end"] = round(os.getloadavg()[0], 2)
     result["python"] = sys.version.split()[0]
     result["cpus"] = os.cpu_count()
     return result
 
 
-def _table(r: dict[str, Any]) -> str:
+def table(r: dict[str, Any]) -> str:
     shown = (
         ("end to end (msgs/s)", "msgs_per_s", "{:,.0f}"),
         ("raw aiohttp POSTs (msgs/s)", "raw_posts_per_s", "{:,.0f}"),
@@ -565,6 +589,8 @@ def _table(r: dict[str, Any]) -> str:
         ("p99 send-to-receipt at 200/s (ms)", "p99_ms_at_200", "{:.1f}"),
         ("offered through the API at 200/s (msgs/s)", "offered_per_s_at_200", "{:.1f}"),
         ("p99 send-to-receipt at 40/s (ms)", "p99_ms_at_40", "{:.1f}"),
+        ("CPU per message, sender (µs)", "cpu_us_per_msg_sender", "{:,.0f}"),
+        ("CPU per message, receiver (µs)", "cpu_us_per_msg_receiver", "{:,.0f}"),
         ("drain 1,000 after outage (s)", "drain_s_after_outage", "{:.2f}"),
         ("idle node RSS (MiB)", "idle_rss_mib", "{:.1f}"),
     )
@@ -599,7 +625,7 @@ def main() -> None:
     if args.json:
         print(json.dumps(result, sort_keys=True))
     else:
-        print(_table(result))
+        print(table(result))
         print()
         print(json.dumps(result, indent=2, sort_keys=True))
 

@@ -587,12 +587,22 @@ def _mark(ok: bool) -> str:
 
 
 def markdown(r: dict[str, Any]) -> str:
-    p = r["primitives_us"]
+    """The report: a heading, the machine and its load, and :func:`table`."""
     lines = [
         f"## citynode protocol benchmark ({'quick' if r['quick'] else 'full'})",
         "",
-        f"Python {r['python']}, cryptography {r['cryptography']}, {r['cpu']}; 1-minute load "
-        f"average {r['load_1m_start']} at the start, {r['load_1m_end']} at the end.",
+        f"1-minute load average {r['load_1m_start']} at the start, {r['load_1m_end']} at the end.",
+        "",
+        table(r),
+    ]
+    return "\n".join(lines)
+
+
+def table(r: dict[str, Any]) -> str:
+    """The figures next to their baselines from the same run, the ratios and the targets."""
+    p = r["primitives_us"]
+    lines = [
+        f"Python {r['python']}, cryptography {r['cryptography']}, {r['cpu']}.",
         "",
         "| measurement | ours | raw baseline | ratio | target | met |",
         "|---|---:|---:|---:|---|---|",

@@ -103,7 +103,7 @@ def _peers_list(args: argparse.Namespace) -> int:
 
 def _agreement_propose(args: argparse.Namespace) -> int:
     async def run(node: Node) -> bytes:
-        return await propose_agreement(node, args.draft)
+        return await propose_agreement(node, args.draft, replace_keys=args.replace_key)
 
     data = with_node(args, run)
     where = _write_or_print(args.out, data)
@@ -180,6 +180,13 @@ def register(sub: Any) -> None:
     add_common(a)
     a.add_argument("draft", type=Path)
     a.add_argument("--out", type=Path)
+    a.add_argument(
+        "--replace-key",
+        action="append",
+        default=[],
+        metavar="CITY",
+        help="revoke CITY's identity key in favour of its newly verified one (compromise)",
+    )
     a.set_defaults(handler=_agreement_propose)
     a = asub.add_parser("sign", help="add this node's signature to a proposed version")
     add_common(a)

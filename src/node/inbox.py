@@ -9,7 +9,10 @@ calls. Invariants:
   protocol's order), then its replay record, its case change (``CaseLedger``) and its inbox row
   are stored in one transaction, and only then is the signed receipt returned. A duplicate — the
   same envelope again, after a lost response or a sender crash — gets the original receipt back;
-  the same message id with other bytes is ``replayed``.
+  the same message id with other bytes is ``replayed``. Only when the original receipt no longer
+  verifies under our own keys as the peers trust them (its key was revoked or replaced after a
+  compromise, ``node.key_replacement``) is a fresh receipt signed by the key in use now: the
+  original would be refused by the sender for ever.
 * One opaque error to the peer for authentication failures (``rejected``); the precise code is
   logged (tagged ``RX [peer]``, without personal data) and counted in the metrics.
 * One ``INFO`` line per batch (its counts by outcome); each refusal is a ``WARNING`` of its own,
@@ -38,10 +41,17 @@ from node.storage.inbox_store import (
 )
 from node.trust import TrustState
 from protocol.errors import ErrorCode, ProtocolError
-from protocol.keys import identity_key_id
+from protocol.keys import VerifyKey, identity_key_id
 from protocol.limits import Limits
 from protocol.messages import Message
-from protocol.sealing import DecryptionKey, OpenedEnvelope, open_envelope, receipt_for, sign_receipt
+from protocol.sealing import (
+    DecryptionKey,
+    OpenedEnvelope,
+    open_envelope,
+    receipt_for,
+    sign_receipt,
+    verify_receipt,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +84,8 @@ class InboxProcessor:
         limits: the protocol limits.
         on_accepted: called with the peer and the message after each new message is committed
             (control messages such as ``KeyUpdate`` act on it); it must not block.
+        own_keys: our identity keys as the peers trust them (``Node.own_verify_keys``): a
+            duplicate's original receipt that no longer verifies under them is signed afresh.
     """
 
     def __init__(
@@ -89,8 +101,10 @@ class InboxProcessor:
         clock: Callable[[], float],
         limits: Limits,
         on_accepted: Callable[[str, Message], None] | None = None,
+        own_keys: Callable[[], Sequence[VerifyKey]] | None = None,
     ) -> None:
         self._on_accepted = on_accepted
+        self._own_keys = own_keys
         self._city = city
         self._identity = identity
         self._decryption_keys = decryption_keys
@@ -100,6 +114,8 @@ class InboxProcessor:
         self._metrics = metrics
         self._clock = clock
         self._limits = limits
+        # The key id of the identity key that signed the last receipt (a hash of its public key).
+        self._signer: tuple[Ed25519PrivateKey, bytes] | None = None
 
     async def handle_batch(self, peer: str, envelopes: Sequence[bytes]) -> Sequence[DeliveryResult]:
         """Handle each envelope of a batch from ``peer``: open all, then store them in one commit.
@@ -144,15 +160,23 @@ class InboxProcessor:
             return self._refused(peer, ErrorCode.UNKNOWN_SENDER, "envelope sender is not the peer")
         return opened
 
-    def _arrival(self, peer: str, opened: OpenedEnvelope, now: float) -> Arrival:
+    def _receipt(self, opened: OpenedEnvelope, now: float) -> bytes:
+        """Sign the receipt of ``opened`` as received ``now``.
+
+        Raises:
+            IdentityRevoked: our key is revoked and not yet replaced (nothing is signed).
+        """
         identity = (
             self._identity
             if isinstance(self._identity, Ed25519PrivateKey)
             else self._identity(int(now))
         )
-        receipt = sign_receipt(
-            receipt_for(opened, received_at=int(now)), identity, identity_key_id(identity)
-        )
+        if self._signer is None or self._signer[0] is not identity:
+            self._signer = (identity, identity_key_id(identity))
+        return sign_receipt(receipt_for(opened, received_at=int(now)), identity, self._signer[1])
+
+    def _arrival(self, peer: str, opened: OpenedEnvelope, now: float) -> Arrival:
+        receipt = self._receipt(opened, now)
 
         async def apply(session: AsyncSession) -> None:
             await self._ledger.on_received(
@@ -177,6 +201,17 @@ class InboxProcessor:
         original = outcome.original
         if original is None or original.envelope_hash != opened.envelope_hash:
             return self._refused(peer, ErrorCode.REPLAYED, "message id seen with other bytes")
+        if self._own_keys is not None:
+            try:
+                verify_receipt(
+                    original.receipt,
+                    signer=self._city,
+                    verify_keys=self._own_keys(),
+                    limits=self._limits,
+                )
+            except ProtocolError as e:  # signed by a key replaced since: it would never verify
+                logger.info("RX [%s] duplicate: original receipt %s, signed afresh", peer, e.code)
+                return DeliveryResult(DUPLICATE, self._receipt(opened, self._clock()))
         logger.debug("RX [%s] duplicate answered with its original receipt", peer)
         return DeliveryResult(DUPLICATE, original.receipt)
 

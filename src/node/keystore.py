@@ -14,7 +14,8 @@ wraps the per-case keys. Invariants:
   mode and the ``chmod`` that fixes it, and decrypts every key file before returning, so a wrong
   secret or a damaged file stops the node at start, not at first use.
 * Files are written atomically (:mod:`node.private_files`) and a new key never replaces an
-  existing one; only the TLS pair may be replaced, on purpose.
+  existing one; only the TLS pair may be replaced, on purpose: a TLS rotation stores the new pair
+  beside it (``tls-next.key``) and :meth:`Keystore.promote_next_tls` makes it the one in use.
 * :meth:`Keystore.destroy` overwrites a key file before unlinking it. On journaling file systems
   and SSDs old blocks may survive, still sealed under the master key: destroying a key protects
   against a later reader without the operator secret, not against one who has it and the disk.
@@ -79,6 +80,7 @@ _CHECK_DOMAIN: Final = b"citynode/v1 keystore-check\x00"
 _CHECK_PLAINTEXT: Final = b"citynode keystore v1"
 _MAX_MEMLIMIT: Final = 4 * 1024**3  # refuse a damaged keystore.json asking for more
 _TLS_FILE: Final = "tls.key"
+_TLS_NEXT_FILE: Final = "tls-next.key"  # a TLS rotation's new pair, until the node switches to it
 _DATA_FILE: Final = "data.key"
 _ASYMMETRIC_PREFIX: Final = {KeyKind.IDENTITY: "identity-", KeyKind.ENCRYPTION: "encryption-"}
 _KEY_SUFFIX: Final = ".key"
@@ -485,6 +487,42 @@ class Keystore:
         payload = self._read(KeyFileKind.TLS, _TLS_FILE, _TlsPayload)
         return TlsMaterial(payload.certificate_pem, payload.private_key_pem)
 
+    def store_next_tls(self, material: TlsMaterial) -> None:
+        """Store a TLS rotation's new pair beside the one in use (``keys rotate --kind tls``).
+
+        Raises:
+            KeyExists: a rotation's pair is stored already.
+            ValueError: the key does not match the certificate.
+        """
+        material.check_pair()
+        payload = _TlsPayload(self._now(), material.private_key_pem, material.certificate_pem)
+        self._write(KeyFileKind.TLS, _TLS_NEXT_FILE, payload)
+
+    def load_next_tls(self) -> TlsMaterial | None:
+        """Return a TLS rotation's new pair, or ``None`` when no rotation is under way."""
+        try:
+            payload = self._read(KeyFileKind.TLS, _TLS_NEXT_FILE, _TlsPayload)
+        except KeyNotFound:  # no rotation, or the node switched a moment ago
+            return None
+        return TlsMaterial(payload.certificate_pem, payload.private_key_pem)
+
+    def promote_next_tls(self) -> TlsMaterial:
+        """Make the rotation's new pair the one in use; the old pair is overwritten.
+
+        Crash-safe: the pair in use is replaced atomically first, then the rotation's file is
+        destroyed; a rotation's file equal to the pair in use is only a leftover.
+
+        Raises:
+            KeyNotFound: no rotation's pair is stored.
+        """
+        material = self.load_next_tls()
+        if material is None:
+            raise KeyNotFound(f"{_TLS_NEXT_FILE} is not stored")
+        if self.load_tls() != material:
+            self.store_tls(material, replace=True)
+        shred(self._dir / _TLS_NEXT_FILE)
+        return material
+
     def load_tls_into(self, context: ssl.SSLContext) -> None:
         """Load the TLS pair into an SSL context; the key never touches the disk in clear.
 
@@ -539,6 +577,7 @@ class Keystore:
         """Decrypt every key file once, so damage shows at start, and index the public parts."""
         known: dict[str, tuple[KeyFileKind, type[_Payload]]] = {
             _TLS_FILE: (KeyFileKind.TLS, _TlsPayload),
+            _TLS_NEXT_FILE: (KeyFileKind.TLS, _TlsPayload),
             _DATA_FILE: (KeyFileKind.DATA, _DataKeyPayload),
         }
         for name in names:

@@ -18,7 +18,8 @@ and ``deploy/local.sh``. Invariants:
   :class:`LocalNetError` (with the tail of the node's log) rather than hang.
 * The ports are chosen when the federation is created and are signed into its agreement, so a
   :meth:`LocalFederation.clone` (a cheap copy for one test) listens on its template's ports:
-  run one copy at a time.
+  run one copy at a time. Listeners are on ``127.0.0.1`` unless ``create`` got ``hosts``
+  (addresses inside network namespaces, for ``tests/chaos``; ``start`` then takes a ``prefix``).
 * ``serve`` output goes to ``logs/<city>.log``, command output to ``logs/provision.log``. The
   operator secret is passed in the environment only; the manifest holds no secret and no URL.
 """
@@ -83,10 +84,12 @@ class LocalNode:
 
     Attributes:
         city: the node's city.
-        federation_port: its mTLS listener on ``127.0.0.1`` (signed into the agreement).
-        api_port: its case API and operator listener on ``127.0.0.1``.
+        federation_port: its mTLS listener on :attr:`host` (signed into the agreement).
+        api_port: its case API and operator listener on :attr:`host`.
         fingerprint: its numeric fingerprint, as ``citynode init`` printed it.
         database_name: its own PostgreSQL database, or ``None`` on SQLite.
+        host: the address both listeners bind to: ``127.0.0.1`` unless the federation was
+            created with ``hosts`` (e.g. an address inside a network namespace).
     """
 
     city: str
@@ -94,6 +97,7 @@ class LocalNode:
     api_port: int
     fingerprint: str = ""
     database_name: str | None = None
+    host: str = HOST
 
 
 class LocalFederation:
@@ -161,6 +165,7 @@ class LocalFederation:
         until: Stage = "agreement",
         on_step: Callable[[str], None] | None = None,
         detach: bool = False,
+        hosts: Mapping[str, str] | None = None,
     ) -> LocalFederation:
         """Create and provision a federation of ``cities`` under ``root`` (absent or empty).
 
@@ -181,6 +186,10 @@ class LocalFederation:
                 ``agreement`` (version 1 adopted everywhere).
             on_step: called with a one-line description of each operator step as it starts.
             detach: started nodes outlive this process (else they die with it).
+            hosts: city → the address its listeners bind to and the agreement names (default
+                ``127.0.0.1``). For nodes run in network namespaces (``tests/chaos``): the
+                address must exist where the node is started (see :meth:`start`'s ``prefix``);
+                the ports are still chosen free on loopback.
 
         Returns:
             The federation, every node stopped.
@@ -202,6 +211,7 @@ class LocalFederation:
                 federation_port=ports[2 * i],
                 api_port=ports[2 * i + 1],
                 database_name=pg_database_name(tag, city) if database == "postgresql" else None,
+                host=(hosts or {}).get(city, HOST),
             )
             for i, city in enumerate(cities)
         ]
@@ -315,11 +325,13 @@ class LocalFederation:
 
     def api_url(self, city: str) -> str:
         """The node's case API and operator listener (``/healthz``, ``/metrics``)."""
-        return f"http://{HOST}:{self._node(city).api_port}"
+        node = self._node(city)
+        return f"http://{node.host}:{node.api_port}"
 
     def federation_url(self, city: str) -> str:
         """The node's federation listener, as the agreement names it."""
-        return f"https://{HOST}:{self._node(city).federation_port}"
+        node = self._node(city)
+        return f"https://{node.host}:{node.federation_port}"
 
     def database_url(self, city: str) -> str:
         """The node's database URL (it may carry the server's password: do not log it)."""
@@ -340,13 +352,18 @@ class LocalFederation:
 
     # --- processes -------------------------------------------------------------------------
 
-    def start(self, city: str) -> None:
+    def start(self, city: str, *, prefix: Sequence[str] = ()) -> None:
         """Start ``citynode serve`` for ``city``; returns at once (see :meth:`wait_healthy`).
+
+        Args:
+            city: the node.
+            prefix: a command that execs the rest in place, e.g. ``ip netns exec NS`` to run
+                the node in a network namespace (the pid stays the node's).
 
         Raises:
             LocalNetError: it runs already.
         """
-        self._process(city).start()
+        self._process(city).start(prefix)
 
     def start_all(self, timeout_s: float = START_TIMEOUT_S) -> None:
         """Start every node that is not running and wait until each one is healthy.
@@ -505,6 +522,7 @@ class LocalFederation:
                 city,
                 federation_port=node.federation_port,
                 api_port=node.api_port,
+                host=node.host,
                 data_dir=f"../data/{city}",
                 database_url=self.database_url(city) if node.database_name else None,
                 limits=self._limits,

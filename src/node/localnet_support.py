@@ -107,8 +107,12 @@ class NodeProcess:
         self._child: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
 
-    def start(self) -> None:
-        """Start ``citynode serve`` (returns at once).
+    def start(self, prefix: Sequence[str] = ()) -> None:
+        """Start ``citynode serve`` (returns at once), run by ``prefix`` if given.
+
+        Args:
+            prefix: a command that execs its arguments in place (``ip netns exec NS``), so
+                the pid and ``/proc/<pid>/cmdline`` end up the node's own.
 
         Raises:
             LocalNetError: it runs already.
@@ -117,7 +121,7 @@ class NodeProcess:
             raise LocalNetError(f"{self.city} is running already")
         with self.log.open("ab") as log:
             child = subprocess.Popen(  # noqa: S603 (our own command, no shell)
-                [*citynode_argv(), "serve", "--config", str(self.config)],
+                [*prefix, *citynode_argv(), "serve", "--config", str(self.config)],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -320,17 +324,19 @@ def config_text(
     database_url: str | None,
     limits: Mapping[str, int | float],
     log_level: str,
+    host: str = HOST,
 ) -> str:
     """A node's configuration file, in the layout of ``config/<city>.toml``.
 
     Args:
         city: the node's city.
-        federation_port: its mTLS listener on loopback.
-        api_port: its case API listener on loopback.
+        federation_port: its mTLS listener on ``host``.
+        api_port: its case API listener on ``host``.
         data_dir: its data directory, relative to the config file.
         database_url: a PostgreSQL URL, or ``None`` for SQLite in the data directory.
         limits: ``[limits]`` settings (the others keep their defaults).
         log_level: the node's log level.
+        host: the address both listeners bind to (default: loopback).
     """
     lines = [
         f"# citynode configuration for the {city} node of a local federation on loopback",
@@ -341,11 +347,11 @@ def config_text(
         f"log_level = {toml_value(log_level)}",
         "",
         "[federation]",
-        f"host = {toml_value(HOST)}",
+        f"host = {toml_value(host)}",
         f"port = {federation_port}",
         "",
         "[api]",
-        f"host = {toml_value(HOST)}",
+        f"host = {toml_value(host)}",
         f"port = {api_port}",
         "",
         "[database]",

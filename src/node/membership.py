@@ -12,12 +12,17 @@ Owns the operator procedures behind ``citynode peers`` and ``citynode agreement`
   every start re-verifies the chain.
 * Signing never adopts: an operator signs what they reviewed (``sign_agreement``), and adoption is
   a separate step that checks the signatures collected so far.
+* Importing a package whose identity key differs from the one stored for the city (a member
+  whose key was replaced after a compromise) makes the city unverified again: its new key enters
+  a proposal only after the operator confirmed the new fingerprint. ``propose_agreement`` with
+  ``replace_keys`` revokes the replaced members' keys of the adopted version (revocation by
+  threshold: ``protocol.agreement`` does not count the replaced key's signature).
 """
 
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import ClassVar
@@ -39,8 +44,13 @@ from protocol.agreement import (
     verify_genesis,
     verify_successor,
 )
-from protocol.agreement_draft import MemberKeys, complete_draft, draft_from_toml
-from protocol.errors import RemoteProtocolError
+from protocol.agreement_draft import (
+    AgreementDraft,
+    MemberKeys,
+    complete_draft,
+    draft_from_toml,
+)
+from protocol.errors import LocalProtocolError, RemoteProtocolError
 from protocol.key_bundle import verify_bundle
 from protocol.keys import EncryptionKey, fingerprint
 
@@ -97,17 +107,25 @@ async def import_peer(node: Node, data: bytes) -> PeerPackage:
         DecodeError, RemoteProtocolError: the package is malformed or its signatures fail.
         MembershipError: it is this node's own package.
     """
-    package = read_package(
-        data, expected_identity=None, now=int(node.clock()), limits=node.config.limits.protocol
-    )
+    limits = node.config.limits.protocol
+    package = read_package(data, expected_identity=None, now=int(node.clock()), limits=limits)
     city = package.bundle.city
     if city == node.config.city:
         raise MembershipError("this is our own package: import the other cities' packages")
     existing = await node.peers.get(city)
     await node.peers.upsert_peer(city, existing.endpoint if existing else "")
     await node.peers.store_bundle(
-        city, package.bundle.signed_bytes, package.bundle.sequence, package.certificates
+        city,
+        package.bundle.signed_bytes,
+        package.bundle.sequence,
+        package.certificates,
+        successions=package.successions,
+        revocations=package.revocations,
     )
+    if existing is not None and existing.bundle is not None:
+        before = verify_bundle(existing.bundle, None, int(node.clock()), limits)
+        if before.identity_key != package.bundle.identity_key:  # a new key: verify it again
+            await node.peers.mark_verified(city, None)
     return package
 
 
@@ -172,11 +190,22 @@ async def _verified_member_keys(node: Node) -> dict[str, MemberKeys]:
     return keys
 
 
-async def propose_agreement(node: Node, draft_file: Path) -> bytes:
+async def propose_agreement(
+    node: Node, draft_file: Path, *, replace_keys: Sequence[str] = ()
+) -> bytes:
     """Make a version from a TOML draft, with the verified members' keys, signed by this node.
 
+    Args:
+        node: this node.
+        draft_file: the TOML draft of the new version.
+        replace_keys: members whose identity key is replaced (revocation by threshold): the
+            adopted version's key of each goes into ``revoked_keys``, and the new version names
+            the key of the package imported and verified since. Their own signature does not
+            count towards the adopted version's threshold (``protocol.agreement``).
+
     Raises:
-        MembershipError: a member of the draft has no verified key here.
+        MembershipError: a member of the draft has no verified key here; a member to replace
+            is not in the adopted version or the draft, or its verified key is still the old one.
         LocalProtocolError: the draft breaks a rule (named with its key path).
     """
     with draft_file.open("rb") as f:
@@ -188,10 +217,36 @@ async def propose_agreement(node: Node, draft_file: Path) -> bytes:
             "no verified key for " + ", ".join(missing) + ": import and verify their packages"
         )
     previous = node.trust().agreement if node.has_agreement() else None
+    revoked = _replaced_keys(previous, draft, keys, replace_keys)
     limits = node.config.limits.protocol
-    document = complete_draft(draft, keys, previous=previous, limits=limits)
+    document = complete_draft(draft, keys, previous=previous, revoked_keys=revoked, limits=limits)
     document_bytes = encode_document(document, limits)
     return encode_signed(document_bytes, [sign_document(node.own.identity, document_bytes)])
+
+
+def _replaced_keys(
+    previous: VerifiedAgreement | None,
+    draft: AgreementDraft,
+    keys: Mapping[str, MemberKeys],
+    replace_keys: Sequence[str],
+) -> list[bytes]:
+    """The identity keys that ``replace_keys`` revokes: each member's key in the adopted version."""
+    revoked = []
+    drafted = {member.city for member in draft.members}
+    for city in replace_keys:
+        if previous is None or city not in drafted:
+            raise MembershipError(f"{city} must be a member of the adopted version and the draft")
+        try:
+            old = previous.member(city).identity_key
+        except LocalProtocolError as e:
+            raise MembershipError(f"{city} is not a member of the adopted version") from e
+        if keys[city].identity_key == old:
+            raise MembershipError(
+                f"the verified key of {city} is still the one to replace: import its new "
+                "package and verify its fingerprint first"
+            )
+        revoked.append(old)
+    return revoked
 
 
 def review_agreement(node: Node, signed: bytes) -> AgreementDocument:

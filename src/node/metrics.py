@@ -28,6 +28,8 @@ class NodeMetrics:
         received: envelopes accepted into the inbox, per peer.
         overdue: outbox messages older than the alert age, per peer.
         peer_up: 1 when the last exchange with the peer succeeded, else 0.
+        equivocations: equivocation proofs held against a city (``node.checkpoints``); any
+            value above 0 is an alarm.
     """
 
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
@@ -38,6 +40,7 @@ class NodeMetrics:
     received: Counter = field(init=False)
     overdue: Gauge = field(init=False)
     peer_up: Gauge = field(init=False)
+    equivocations: Gauge = field(init=False)
 
     def __post_init__(self) -> None:
         reg = self.registry
@@ -80,6 +83,12 @@ class NodeMetrics:
                 "citynode_peer_up",
                 "1 when the last exchange with the peer succeeded",
                 ["peer"],
+                registry=reg,
+            ),
+            "equivocations": Gauge(
+                "citynode_keylog_equivocations",
+                "Proofs held that a city signed two conflicting key-log checkpoints",
+                ["city"],
                 registry=reg,
             ),
         }

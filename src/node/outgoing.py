@@ -114,6 +114,8 @@ class Outgoing:
             UnknownPeer: not a member, or no key bundle from it yet.
             LocalProtocolError: ``invalid_transition`` and other refusals of our own input.
             OutboxFull: the peer's outbox is full (nothing queued, the case unchanged).
+            IdentityRevoked: our identity key is revoked (``keys revoke``) and not yet
+                replaced: nothing is signed or queued (``node.key_replacement``).
             StorageError: the database failed (nothing queued, the case unchanged).
         """
         now = self._clock()

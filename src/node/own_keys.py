@@ -156,14 +156,39 @@ def ensure_next_key(
     return created
 
 
+def announced_tls_pins(log: KeyLog) -> tuple[bytes, ...]:
+    """The TLS pins this node announced and has not retired, in the order added.
+
+    ``TLS_PIN`` entries add a pin (the 32-byte pin), ``TLS_PIN_RETIRED`` entries retire one.
+    """
+    pins: dict[bytes, None] = {}
+    for entry in log.entries:
+        if entry.kind == EntryKind.TLS_PIN:
+            pins[entry.payload] = None
+        elif entry.kind == EntryKind.TLS_PIN_RETIRED:
+            pins.pop(entry.payload, None)
+    return tuple(pins)
+
+
+def _since_identity_key(log: KeyLog, kind: EntryKind) -> tuple[bytes, ...]:
+    """Payloads of ``kind`` logged after the last ``IDENTITY_KEY`` entry: the statements about the
+    identity key the agreement names now (a key replaced through an agreement change starts a
+    new chain; the statements about the replaced keys are no longer served)."""
+    starts = [e.index for e in log.entries if e.kind == EntryKind.IDENTITY_KEY]
+    first = starts[-1] if starts else 0
+    return tuple(e.payload for e in log.entries[first:] if e.kind == kind)
+
+
 def own_successions(log: KeyLog) -> tuple[bytes, ...]:
-    """This node's identity succession statements, oldest first (served in its package)."""
-    return tuple(e.payload for e in log.entries if e.kind == EntryKind.SUCCESSION)
+    """This node's identity succession statements since its current identity key was introduced,
+    oldest first (served in its package)."""
+    return _since_identity_key(log, EntryKind.SUCCESSION)
 
 
 def own_revocations(log: KeyLog) -> tuple[bytes, ...]:
-    """This node's revocations of its own identity keys, oldest first (served in its package)."""
-    return tuple(e.payload for e in log.entries if e.kind == EntryKind.REVOCATION)
+    """This node's revocations of its own identity keys since its current identity key was
+    introduced, oldest first (served in its package)."""
+    return _since_identity_key(log, EntryKind.REVOCATION)
 
 
 def signing_identities(
@@ -180,9 +205,13 @@ def signing_identities(
     """
     stored = keystore.keys(KeyKind.IDENTITY)
     by_public = {key.public_key: key for key in stored}
-    schedule = [(0, keystore.load_identity(stored[0].key_id))]
-    for data in successions:
-        step = verify_succession(data)
+    steps = [verify_succession(data) for data in successions]
+    # The chain starts at the newest key no succession leads to: the first key, or the key that
+    # replaced a compromised one through an agreement change (``node.key_replacement``).
+    successors = {step.new_key for step in steps}
+    start = [key for key in stored if key.public_key not in successors][-1]
+    schedule = [(0, keystore.load_identity(start.key_id))]
+    for step in steps:
         successor = by_public.get(step.new_key)
         if successor is None:
             raise KeyNotFound("a succession names an identity key the keystore does not hold")

@@ -10,7 +10,8 @@ Owns the wiring of the node's parts (no part reaches for another through a globa
   API listener (``/healthz``, ``/metrics`` and the case API under ``/api/v1``, bearer tokens),
   one sender loop per peer, and a heartbeat that fetches each peer's key package every few
   seconds — which keeps the peers' keys fresh and tells a peer that comes back that we are here
-  (its sender loop then retries at once).
+  (its sender loop then retries at once); and the key-log checkpoint exchange with every peer
+  (``node.checkpoints``: ``POST /federation/v1/checkpoints`` and its gossip loop).
 
 Nothing is served before an agreement has been adopted: without one the node has no peers.
 """
@@ -28,6 +29,7 @@ from typing import Final
 
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy import func, select
 
 from node.api.app import create_case_api
 from node.api.openapi import PREFIX as API_PREFIX
@@ -42,6 +44,7 @@ from node.cases.documents import DocumentLedger, DocumentRecords
 from node.cases.journal import CaseJournal
 from node.cases.rules import CaseRules
 from node.cases.service import CaseService
+from node.checkpoints import CHECKPOINTS_PATH, gossip, witness_for
 from node.config import NodeConfig
 from node.errors import NodeError
 from node.federation.client import FederationClient, PeerEndpoint
@@ -54,6 +57,7 @@ from node.federation.tls import (
 from node.inbox import InboxProcessor
 from node.key_exchange import KeyExchange, heartbeat, no_sender
 from node.key_history import KeyHistory
+from node.key_replacement import IdentityRevoked, own_chain
 from node.keystore import Keystore
 from node.metrics import NodeMetrics
 from node.outbox.backoff import Backoff
@@ -62,6 +66,7 @@ from node.outbox.sender import OutboxSettings
 from node.outgoing import Outgoing
 from node.own_keys import (
     OwnKeys,
+    announced_tls_pins,
     announced_windows,
     current_and_next,
     decryption_keys,
@@ -74,7 +79,15 @@ from node.own_keys import (
 )
 from node.peer_package import encode_package, read_package
 from node.retention import CaseRetention
-from node.rotation import destroy_expired, pending_announcements, rotate_encryption
+from node.rotation import (
+    bundle_tls_pins,
+    destroy_expired,
+    pending_announcements,
+    retirable_tls_pins,
+    retire_tls_pins,
+    rotate_encryption,
+    start_tls_rotation,
+)
 from node.secrets_source import OperatorSecret
 from node.storage.case_store import CaseStore
 from node.storage.database import Database
@@ -90,7 +103,7 @@ from protocol.agreement import VerifiedAgreement, verify_chain
 from protocol.errors import ErrorCode, ProtocolError, RemoteProtocolError
 from protocol.key_bundle import VerifiedKeyBundle, check_bundle_update, verify_bundle
 from protocol.keylog import EntryKind
-from protocol.keys import VerifyKey, identity_key
+from protocol.keys import VerifyKey, identity_key, public_bytes
 from protocol.sealing import DecryptionKey, envelope_hash, verify_receipt
 from protocol.succession import (
     apply_revocation,
@@ -147,6 +160,10 @@ class Node:
     _sequence: int = 0
     _log_size: int = 0
     _identities: tuple[tuple[int, Ed25519PrivateKey], ...] = ()
+    _revoked: Mapping[bytes, int] = field(default_factory=dict)  # own public key -> refused from
+    _chain: tuple[VerifyKey, ...] = ()  # our identity keys as the peers trust them
+    tls_next: TlsMaterial | None = None  # a TLS rotation's new pair, until the switch
+    _tls_pins: tuple[bytes, ...] = ()
 
     def __post_init__(self) -> None:
         rules = CaseRules(
@@ -221,11 +238,13 @@ class Node:
                 log = await self.history.append(changes, now)
                 announced = announced_windows(log)
         self._decryption = decryption_keys(self.keystore, self.own.encryption)
+        self.tls, self.tls_next = self.keystore.load_tls(), self.keystore.load_next_tls()
+        self._tls_pins = announced_tls_pins(log)
         bundle = own_bundle(
             self.own,
             city=self.config.city,
             schedule=self.config.keys,
-            tls_pins=(self.tls.pin(),),
+            tls_pins=bundle_tls_pins(self._tls_pins, self.tls, self.tls_next),
             key_log=log.head_record(),
             now=now,
             limits=self.config.limits.protocol,
@@ -239,9 +258,16 @@ class Node:
         self._log_size = log.size
         successions = own_successions(log)
         self._identities = signing_identities(self.keystore, successions)
-        self._bundle = encode_package(
-            bundle, (self.tls.certificate_pem,), successions, own_revocations(log)
+        self._chain = own_chain(
+            self._identities, successions, own_revocations(log), self.config.limits.protocol
         )
+        self._note_revocation(
+            {k.public_key: k.revoked_since for k in self._chain if k.revoked_since is not None}
+        )
+        certificates: tuple[bytes, ...] = (self.tls.certificate_pem,)
+        if self.tls_next is not None:
+            certificates += (self.tls_next.certificate_pem,)
+        self._bundle = encode_package(bundle, certificates, successions, own_revocations(log))
         if self.on_keys_changed is not None:
             self.on_keys_changed()
 
@@ -254,10 +280,81 @@ class Node:
         self.own = load_own_keys(self.keystore)
         await self.reload_keys()
 
+    async def rotate_tls(self) -> bytes:
+        """Add a new TLS certificate beside the one in use and announce its pin
+        (``keys rotate --kind tls``); the running node switches to it once every peer accepts it.
+
+        Returns:
+            The new pin.
+
+        Raises:
+            TlsRotationPending: a rotation is under way already.
+        """
+        now = int(self.clock())
+        material, changes = start_tls_rotation(self.keystore, self.config.city, now)
+        await self.history.append(changes, now)
+        await self.reload_keys()
+        return material.pin()
+
+    async def switch_tls(self) -> TlsMaterial:
+        """Make the rotation's new TLS pair the one in use (its pin stays announced)."""
+        self.keystore.promote_next_tls()
+        await self.reload_keys()
+        logger.info("keys [%s] switched to the new TLS certificate", self.config.city)
+        return self.tls
+
+    def retirable_tls_pins(self) -> tuple[bytes, ...]:
+        """Announced TLS pins of certificates this node no longer holds."""
+        return retirable_tls_pins(self._tls_pins, self.tls, self.tls_next)
+
+    async def retire_tls(self, pins: tuple[bytes, ...]) -> None:
+        """Stop announcing TLS pins (logged ``TLS_PIN_RETIRED``); peers then refuse them."""
+        await self.history.append(retire_tls_pins(pins), int(self.clock()))
+        await self.reload_keys()
+        logger.info("keys [%s] %d old TLS pin(s) retired", self.config.city, len(pins))
+
+    def _note_revocation(self, revoked: Mapping[bytes, int]) -> None:
+        """Take our revoked keys in; raise the operator alert when the key in use becomes one."""
+        was = self.identity_revoked_since()
+        self._revoked = revoked
+        since = self.identity_revoked_since()
+        if since is not None and was is None:
+            logger.error(
+                "keys [%s] ALERT identity key revoked since %d: this node signs nothing "
+                "(no messages, receipts or key pushes) until keys replace and the agreement "
+                "change (runbook 4c)",
+                self.config.city,
+                since,
+            )
+
+    def own_verify_keys(self) -> tuple[VerifyKey, ...]:
+        """Our identity keys as the peers trust them (windows, revocations), oldest first."""
+        return self._chain
+
+    def identity_revoked_since(self) -> int | None:
+        """From when the identity key in use is revoked (``keys revoke``), or ``None``."""
+        if not self._revoked:
+            return None
+        latest = self._identities[-1][1] if self._identities else self.own.identity
+        return self._revoked.get(public_bytes(latest))
+
     def identity_at(self, at: int) -> Ed25519PrivateKey:
-        """The identity key that signs what this node dates ``at`` (envelopes, receipts)."""
+        """The identity key that signs what this node dates ``at`` (envelopes, receipts).
+
+        Raises:
+            IdentityRevoked: that key is revoked for ``at`` (``keys revoke``, no ``keys replace``
+                yet): nothing is signed.
+        """
         signing = [key for valid_from, key in self._identities if valid_from <= at]
-        return signing[-1] if signing else self.own.identity
+        key = signing[-1] if signing else self.own.identity
+        if self._revoked:
+            since = self._revoked.get(public_bytes(key))
+            if since is not None and at >= since:
+                raise IdentityRevoked(
+                    f"the identity key is revoked since {since}: nothing is signed until "
+                    "keys replace and the agreement change"
+                )
+        return key
 
     async def rotate_identity(self, *, switch_after_s: int = IDENTITY_SWITCH_S) -> int:
         """Succeed the identity key by a new one (``keys rotate --kind identity``).
@@ -391,6 +488,21 @@ class Node:
             certificates[record.city] = tuple(record.tls_certificates)
         self._trust = TrustState.build(self.config.city, agreement, bundles, certificates, chains)
 
+    async def notice_adoption(self) -> bool:
+        """Take up an agreement version adopted next to the running node (``agreement adopt``).
+
+        Returns:
+            True when a newer version than the one in use was adopted (the trust snapshot is
+            rebuilt: new member keys and pins, keys replaced by the other members).
+        """
+        async with self.db.reading() as s:
+            latest = await s.scalar(select(func.max(AgreementRow.version)))
+        if latest is None or (self._trust is not None and latest <= self._trust.agreement.version):
+            return False
+        await self.reload_trust()
+        logger.info("node [%s] agreement version %d taken into use", self.config.city, latest)
+        return True
+
     async def _load_agreement(self) -> VerifiedAgreement | None:
         async with self.db.reading() as s:
             rows = (await s.execute(AgreementRow.__table__.select())).all()
@@ -441,7 +553,7 @@ class Node:
         """Store a peer's bundle pushed to us (``KeyUpdate``), if it verifies and is newer.
 
         Returns:
-            True when stored, False when it is what we hold, ``None`` when it pins a TLS
+            True when stored, False when it is what we hold or older, ``None`` when it pins a TLS
             certificate we do not have yet or is signed by a new identity key (fetch the peer's
             package instead: it carries the certificates and the succession statements).
 
@@ -459,6 +571,8 @@ class Node:
             raise
         if peer.bundle is not None:
             if peer.bundle.signed_bytes == bundle.signed_bytes:
+                return False
+            if bundle.sequence < peer.bundle.sequence:  # a late push: a fetch brought a newer one
                 return False
             check_bundle_update(peer.bundle, bundle)
         pinned = {pin_of_certificate_pem(pem): pem for pem in peer.certificates}
@@ -541,13 +655,14 @@ def _operator_app(
             status.peer: {"up": status.failures == 0, "failures": status.failures}
             for status in dispatcher.status()
         }
-        healthy = database == "ok" and node.has_agreement()
+        revoked = node.identity_revoked_since() is not None
+        healthy = database == "ok" and node.has_agreement() and not revoked
         body = {
             "status": "ok" if healthy else "degraded",
             "city": node.config.city,
             "database": database,
             "agreement_version": node.trust().agreement.version if node.has_agreement() else None,
-            "keys": "ok",
+            "keys": "identity_revoked" if revoked else "ok",
             "peers": peers,
         }
         return web.json_response(body, status=200 if healthy else 503)
@@ -571,6 +686,7 @@ async def _housekeeping(node: Node) -> None:
         audit=AuditTrail(node.db, node.clock),
         after_days=node.config.retention.shred_case_key_after_days,
         clock=node.clock,
+        attachments=node.attachments,
     )
     while True:
         try:
@@ -692,6 +808,7 @@ async def serve(node: Node, stop: asyncio.Event, *, balance_every_s: float = BAL
         clock=node.clock,
         limits=config.limits.protocol,
         on_accepted=keys.on_accepted,
+        own_keys=node.own_verify_keys,
     )
 
     async def key_state() -> bytes:
@@ -699,6 +816,8 @@ async def serve(node: Node, stop: asyncio.Event, *, balance_every_s: float = BAL
 
     def pins() -> PinTable:
         return node.trust().pin_table()
+
+    witness = witness_for(node)  # key transparency (node.checkpoints)
 
     federation = create_federation_app(
         handler=handler,
@@ -709,6 +828,7 @@ async def serve(node: Node, stop: asyncio.Event, *, balance_every_s: float = BAL
         on_peer_seen=dispatcher.peer_seen,
         attachments=node.attachments,
         attachment_source=node.attachments.source(),
+        exchanges={CHECKPOINTS_PATH: witness.answer},
     )
     runners = [
         web.AppRunner(federation, access_log=None),
@@ -734,6 +854,15 @@ async def serve(node: Node, stop: asyncio.Event, *, balance_every_s: float = BAL
         background.append(asyncio.create_task(heartbeat(keys)))
         background.append(asyncio.create_task(keys.rotation(node.outgoing(dispatcher.notify))))
         background.append(asyncio.create_task(_housekeeping(node)))
+        background.append(
+            asyncio.create_task(
+                gossip(
+                    witness,
+                    lambda peer, body: client.post_exchange(peer, CHECKPOINTS_PATH, body),
+                    lambda: list(node.trust().peers),
+                )
+            )
+        )
         announcer = BalanceAnnouncer(
             city=config.city,
             db=node.db,

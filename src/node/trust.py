@@ -9,9 +9,11 @@ Owns the answer to "which keys count for whom" on the node side. Invariants:
   peer's succession statements (each signed by the old and the new key). A bundle signed by any
   other key never enters a snapshot. The chain's old keys stay, each valid up to its succession
   time, so what they signed before (receipts, envelopes still being retried) still verifies.
-* The TLS pins accepted for a peer are the agreement's pins for the member and those of its
-  bundle: the bundle lets a node rotate its TLS certificate with overlapping pins without a new
-  agreement version (add the new pin, switch, retire the old).
+* The TLS pins accepted for a peer are those of its bundle once we hold one, and the agreement's
+  pins for the member until then: the bundle, signed by the same identity key the agreement
+  names, lets a node rotate its TLS certificate with overlapping pins without a new agreement
+  version (add the new pin, switch, retire the old) — and a retired pin, even the agreement's,
+  is refused from the bundle that drops it on.
 * A :class:`TrustState` is immutable; the node swaps in a new one when it adopts an agreement or a
   peer's bundle changes, so a request never sees half an update.
 """
@@ -46,7 +48,7 @@ class PeerKeys:
         identity: the identity keys whose signatures count for it, oldest first.
         bundle: its verified key bundle (encryption keys, TLS pins), or ``None`` until fetched.
         certificates: its TLS certificates (PEM) whose pins are accepted.
-        pins: the accepted TLS pins (the agreement's and the bundle's).
+        pins: the accepted TLS pins (the bundle's; the agreement's before a bundle is held).
     """
 
     city: str
@@ -117,7 +119,7 @@ class TrustState:
                 raise UnknownPeer(
                     f"the key bundle of {member.city} is not signed by its current identity key"
                 )
-            pins = frozenset(member.tls_pins) | frozenset(bundle.tls_pins if bundle else ())
+            pins = frozenset(bundle.tls_pins if bundle is not None else member.tls_pins)
             certs = tuple(
                 pem
                 for pem in certificates.get(member.city, ())

@@ -34,7 +34,7 @@ from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import ClassVar, Final, TypeVar
 
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from node.access import Principal, Unauthenticated, UserRole
@@ -53,6 +53,22 @@ MAX_TOKEN_TTL_S: Final = 366 * 86_400
 CONSOLE: Final = Principal(user="console", role=UserRole.OPERATOR, unit=None)
 _TOKEN_FORMAT: Final = re.compile(r"^cn_[A-Za-z0-9_-]{43}$")
 _REFUSED: Final = "a valid, unexpired bearer token is required"
+_TOKENS: Final = TokenRow.metadata.tables[TokenRow.__tablename__]
+_USERS: Final = UserRow.metadata.tables[UserRow.__tablename__]
+# Built once (every API request runs it): columns, no ORM objects.
+_TOKEN_LOOKUP: Final = (
+    select(
+        _TOKENS.c.token_hash,
+        _TOKENS.c.expires_at,
+        _TOKENS.c.revoked_at,
+        _USERS.c.name,
+        _USERS.c.role,
+        _USERS.c.unit,
+        _USERS.c.revoked_at,
+    )
+    .join(_USERS, _USERS.c.name == _TOKENS.c.user_name)
+    .where(_TOKENS.c.token_hash == bindparam("k_digest"))
+)
 
 
 class UserError(NodeError):
@@ -316,22 +332,17 @@ class UserStore:
         if not isinstance(token, str) or not _TOKEN_FORMAT.fullmatch(token):
             raise Unauthenticated(_REFUSED)
         digest = token_hash(token)
-        query = (
-            select(TokenRow, UserRow)
-            .join(UserRow, UserRow.name == TokenRow.user_name)
-            .where(TokenRow.token_hash == digest)
-        )
         async with self._db.reading() as s:
-            found = (await s.execute(query)).first()
+            found = (await s.execute(_TOKEN_LOOKUP, {"k_digest": digest})).first()
         if found is None:
             raise Unauthenticated(_REFUSED)
-        stored, user = found
-        valid = hmac.compare_digest(bytes(stored.token_hash), digest)
-        if not valid or stored.revoked_at is not None or user.revoked_at is not None:
+        stored_hash, expires_at, token_revoked_at, name, role, unit, user_revoked_at = found
+        valid = hmac.compare_digest(bytes(stored_hash), digest)
+        if not valid or token_revoked_at is not None or user_revoked_at is not None:
             raise Unauthenticated(_REFUSED)
-        if not now < stored.expires_at:
+        if not now < expires_at:
             raise Unauthenticated(_REFUSED)
-        return Principal(user=user.name, role=UserRole(user.role), unit=user.unit)
+        return Principal(user=name, role=UserRole(role), unit=unit)
 
     async def get(self, name: str) -> UserView | None:
         """The user ``name``, or ``None``."""

@@ -15,6 +15,9 @@ Invariants:
 * Text holds no control character other than newline and tab, and no lone surrogate; a single-line
   field holds none at all (nor U+2028/U+2029); a label a person reads before trusting it (a file
   name, an agreement's title or display name) also holds no bidirectional control.
+* A personnummer-shaped number (:func:`holds_personnummer_shaped`) is exactly what
+  :data:`PERSONNUMMER_SHAPED_PATTERN` finds: ten or twelve ASCII digits, optionally split before
+  the last four by one ``-``, ``+`` or space, with no ASCII digit on either side.
 * The checks raise :class:`~protocol.errors.LocalProtocolError` ``invalid_field`` naming the field,
   never its value; decoders turn it into the peer's fault.
 """
@@ -22,6 +25,7 @@ Invariants:
 from __future__ import annotations
 
 import datetime
+import itertools
 import re
 from typing import Annotated, Final
 
@@ -60,6 +64,20 @@ _BIDI_CONTROLS: Final = re.compile(r"[\u202a-\u202e\u2066-\u2069]")
 # The same rules restricted to ASCII, as bytes to delete: what the patterns above match there.
 _ASCII_CONTROL_CHARS: Final = bytes([*range(0x00, 0x09), *range(0x0B, 0x20), 0x7F])
 _ASCII_LINE_BREAKING: Final = bytes([*range(0x00, 0x20), 0x7F])
+
+PERSONNUMMER_SHAPED_PATTERN: Final = r"(?<![0-9])(?:[0-9]{2})?[0-9]{6}[-+ ]?[0-9]{4}(?![0-9])"
+"""The definition of a personnummer-shaped number; :func:`holds_personnummer_shaped` decides it."""
+_ASCII_DIGITS: Final = b"0123456789"
+_MIN_SHAPED_DIGITS: Final = 10
+# UTF-8 bytes to classes: an ASCII digit becomes "0", a separator of the pattern "-", every other
+# byte "x" (each byte of a multi-byte character is >= 0x80, so never a digit or a separator).
+_SHAPE_CLASSES: Final = bytes(
+    ord("0") if b in _ASCII_DIGITS else ord("-") if b in b"-+ " else ord("x") for b in range(256)
+)
+# In the classes, a stretch of digits and separators that starts with a digit and could hold a
+# match (ten digits, or six, a separator and four: at least ten bytes). The literal first byte
+# lets the search skip ahead in C.
+_SHAPED_STRETCH: Final = re.compile(rb"0[0-]{9,}")
 
 
 def require(condition: bool, message: str) -> None:
@@ -140,6 +158,34 @@ def check_label(value: str, field: str) -> None:
     check_text(value, field, required=True, line=True)
     if not value.isascii() and _BIDI_CONTROLS.search(value) is not None:
         raise LocalProtocolError(ErrorCode.INVALID_FIELD, f"{field} holds a bidirectional control")
+
+
+def holds_personnummer_shaped(value: str) -> bool:
+    """Whether ``value`` holds a personnummer-shaped number (:data:`PERSONNUMMER_SHAPED_PATTERN`).
+
+    A pass in C over the UTF-8 bytes instead of the pattern's lookbehind tried at every position
+    (about 100-200 µs over a 2,000-character summary, against a few µs): text with fewer than ten
+    ASCII digits holds none; otherwise each byte is classed (digit, separator, other) and each
+    stretch of digits and separators is split into maximal runs of digits. The pattern's guards
+    (no digit before or after) make a match exactly a run of ten or twelve digits, or a run of
+    six or eight digits, one separator, and a run of four.
+
+    Args:
+        value: the text (lone surrogates are allowed here; :func:`check_text` refuses them).
+
+    Returns:
+        Whether the pattern finds a match in ``value``.
+    """
+    data = value.encode("utf-8", "surrogatepass")
+    if len(data) - len(data.translate(None, _ASCII_DIGITS)) < _MIN_SHAPED_DIGITS:
+        return False
+    for stretch in _SHAPED_STRETCH.findall(data.translate(_SHAPE_CLASSES)):
+        runs = list(map(len, stretch.split(b"-")))  # maximal digit runs, one separator apart
+        if 10 in runs or 12 in runs:
+            return True
+        if 4 in runs and any(a in (6, 8) and b == 4 for a, b in itertools.pairwise(runs)):
+            return True
+    return False
 
 
 def check_date(value: datetime.date | None, field: str) -> None:

@@ -5,10 +5,10 @@ countersignatures other nodes make of those checkpoints, and the check that a la
 earlier checkpoint. Catching a city that shows different logs to different peers, and the proof of
 it, is :mod:`protocol.equivocation`. Rules of this module:
 
-* Every key change of a node (identity key, encryption key, TLS pin, succession, revocation,
-  adopted agreement) is one :class:`KeyLogEntry`, appended to the node's log. Entry ``i`` carries
-  its position ``i`` and the hash of entry ``i - 1`` (32 zero bytes for entry 0), so changing,
-  removing, inserting or reordering any entry changes every hash after it.
+* Every key change of a node (identity key, encryption key, TLS pin added or retired,
+  succession, revocation, adopted agreement) is one :class:`KeyLogEntry`, appended to the node's
+  log. Entry ``i`` carries its position ``i`` and the hash of entry ``i - 1`` (32 zero bytes for
+  entry 0), so changing, removing, inserting or reordering any entry changes every hash after it.
 * The **head** of a log of ``n`` entries is the hash of entry ``n - 1``; the head of the empty log
   is 32 zero bytes. Entry hashes are SHA-256 over a fixed binary layout (:func:`entry_hash_input`),
   not over MessagePack, so they do not depend on how an encoder chose to encode an integer. A key
@@ -70,6 +70,7 @@ class EntryKind(IntEnum):
     REVOCATION = 5
     AGREEMENT_ADOPTED = 6
     ENCRYPTION_KEY_DESTROYED = 7
+    TLS_PIN_RETIRED = 8
 
 
 class KeyLogEntry(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields=True):

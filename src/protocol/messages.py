@@ -48,6 +48,7 @@ from protocol.fields import (
     check_label,
     check_lines,
     check_text,
+    holds_personnummer_shaped,
     require,
 )
 from protocol.keys import KeyId
@@ -78,7 +79,6 @@ ContactText = Annotated[str, msgspec.Meta(max_length=CONTACT_CHARS)]
 ControlPayload = Annotated[bytes, msgspec.Meta(min_length=1, max_length=MAX_CONTROL_PAYLOAD_BYTES)]
 Version = Annotated[int, msgspec.Meta(ge=1, le=MAX_VERSION)]
 
-_PERSONNUMMER_SHAPED: Final = re.compile(r"(?<![0-9])(?:[0-9]{2})?[0-9]{6}[-+ ]?[0-9]{4}(?![0-9])")
 _PHONE: Final = re.compile(r"\+?[0-9][0-9 -]{2,30}")
 _MEDIA_TYPE: Final = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,62}/[a-z0-9][a-z0-9!#$&^_.+-]{0,62}")
 
@@ -171,7 +171,7 @@ class Inquiry(Message, tag=1, frozen=True):
         require(len(set(self.needs)) == len(self.needs), "inquiry needs must not repeat")
         check_text(self.summary, "inquiry summary")
         require(
-            _PERSONNUMMER_SHAPED.search(self.summary) is None,
+            not holds_personnummer_shaped(self.summary),
             "inquiry summary must not hold a personnummer-shaped number",
         )
         check_date(self.police_consulted_on, "inquiry police_consulted_on")

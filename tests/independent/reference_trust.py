@@ -365,7 +365,7 @@ def entry_hash(index: int, previous: bytes, timestamp: int, kind: int, payload: 
 
 def _entry(v: Any) -> tuple[int, bytes, int, int, bytes]:
     e = array(v, 5, "entry")
-    kind = uint(e[3], "kind", 1, 6)
+    kind = uint(e[3], "kind", 1, 8)
     return (
         uint(e[0], "index", 0, U32_MAX),
         bin_(e[1], "previous_hash", 32, 32),

@@ -229,6 +229,21 @@ async def test_key_update_from_a_peer_is_applied_when_delivered(pair: Federation
     assert statuses(await deliver_outbox(home, receiving)) == [ACCEPTED]
 
 
+async def test_late_push_of_an_older_bundle_is_ignored_not_refused(pair: Federation) -> None:
+    home, receiving = await pair.open(HOME), await pair.open(RECEIVING)
+    await receiving.rotate_encryption()
+    older = receiving.signed_bundle()
+    await receiving.rotate_encryption()
+    newer = receiving.signed_bundle()
+    assert await home.accept_bundle(RECEIVING, newer) is True  # fetched first, say
+
+    assert await home.accept_bundle(RECEIVING, older) is False  # the push arrives late
+
+    held = home.trust().peer(RECEIVING).bundle
+    assert held is not None
+    assert held.signed_bytes == newer
+
+
 # --- the operator's command --------------------------------------------------------------------
 
 

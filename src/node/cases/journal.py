@@ -20,9 +20,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
-from sqlalchemy import select
+from sqlalchemy import Row, bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from node.storage.case_store import load_case_key
@@ -36,6 +36,24 @@ from protocol.messages import AnyMessage, Message, decode_message, message_type_
 
 RECEIVED: Final = "received"
 """The delivery shown for a message this node received (and receipted)."""
+# Built once (every case view runs them): a case's messages, and its sent messages' delivery.
+_MESSAGES: Final = CaseMessageRow.metadata.tables[CaseMessageRow.__tablename__]
+_CASE_MESSAGES: Final = (
+    select(
+        _MESSAGES.c.seq,
+        _MESSAGES.c.case_id,
+        _MESSAGES.c.direction,
+        _MESSAGES.c.message_type,
+        _MESSAGES.c.message_id,
+        _MESSAGES.c.at,
+        _MESSAGES.c.body,
+    )
+    .where(_MESSAGES.c.case_id == bindparam("k_case_id"))
+    .order_by(_MESSAGES.c.seq)
+)
+_DELIVERIES: Final = select(OutboxRow.message_id, OutboxRow.state, OutboxRow.receipted_at).where(
+    OutboxRow.message_id.in_(bindparam("k_ids", expanding=True))
+)
 
 
 def message_purpose(direction: Direction, message_id: bytes) -> str:
@@ -123,30 +141,31 @@ class CaseJournal:
             VaultError: a stored body does not open (altered, or moved from another row).
         """
         async with self._db.reading() as s:
-            case_key = await load_case_key(s, self._vault, case_id)
-            rows = (
-                await s.scalars(
-                    select(CaseMessageRow)
-                    .where(CaseMessageRow.case_id == case_id)
-                    .order_by(CaseMessageRow.seq)
-                )
-            ).all()
-            sent_ids = [row.message_id for row in rows if row.direction == Direction.SENT.value]
-            outbox = (
-                {
-                    row.message_id: row
-                    for row in (
-                        await s.scalars(select(OutboxRow).where(OutboxRow.message_id.in_(sent_ids)))
-                    ).all()
-                }
-                if sent_ids
-                else {}
-            )
+            return await self.entries_in(s, case_id)
+
+    async def entries_in(self, session: AsyncSession, case_id: bytes) -> Sequence[JournalEntry]:
+        """:meth:`entries` inside the caller's transaction (a read joined to others).
+
+        Raises:
+            CaseNotFound, CaseShredded, VaultError: as :meth:`entries`.
+        """
+        case_key = await load_case_key(session, self._vault, case_id)
+        rows = (await session.execute(_CASE_MESSAGES, {"k_case_id": case_id})).all()
+        sent_ids = [row.message_id for row in rows if row.direction == Direction.SENT.value]
+        outbox: dict[bytes, tuple[str, float | None]] = {}
+        if sent_ids:
+            found = await session.execute(_DELIVERIES, {"k_ids": sent_ids})
+            outbox = {row[0]: (row[1], row[2]) for row in found.all()}
         return [self._entry(row, case_key, outbox.get(row.message_id)) for row in rows]
 
     def _entry(
-        self, row: CaseMessageRow, case_key: bytes, delivery: OutboxRow | None
+        self,
+        row: Row[*tuple[Any, ...]],
+        case_key: bytes,
+        delivery: tuple[str, float | None] | None,
     ) -> JournalEntry:
+        """One entry from a row of :data:`_CASE_MESSAGES`; ``delivery``: the outbox row's state
+        and receipt time of a sent message."""
         direction = Direction(row.direction)
         purpose = message_purpose(direction, row.message_id)
         body = self._vault.open(case_key, row.case_id, purpose, row.body)
@@ -158,6 +177,6 @@ class CaseJournal:
             message_id=row.message_id,
             at=row.at,
             message=decode_message(body, self._limits),
-            delivery=(delivery.state if delivery is not None else "unknown") if sent else RECEIVED,
-            receipted_at=delivery.receipted_at if sent and delivery is not None else None,
+            delivery=(delivery[0] if delivery is not None else "unknown") if sent else RECEIVED,
+            receipted_at=delivery[1] if sent and delivery is not None else None,
         )

@@ -480,12 +480,16 @@ class CaseService:
         """The case's view; ``seen``: the summary the identity decision was made on (its
         state and flags are shown, so the person and the state shown always agree)."""
         case = seen
-        if case is None:
+        entries: Sequence[JournalEntry] = []
+        if case is None:  # one read for the case and its journal, as they are at one moment
             async with self._db.reading() as s:
                 case = await load_summary(s, case_id, self._city)
+                if case is not None and not case.shredded:
+                    entries = await self._journal.entries_in(s, case_id)
+        elif not case.shredded:
+            entries = await self._journal.entries(case_id)
         if case is None:  # pragma: no cover - cases are never deleted
             raise CaseNotFound("no case with this id is held by this node")
-        entries = [] if case.shredded else await self._journal.entries(case_id)
         if access is None:
             withheld = "purpose_required" if case.has_identity else None
             access = views.IdentityAccess(held=case.has_identity, shown=False, withheld=withheld)

@@ -5,8 +5,9 @@ Owns the sending side of the federation HTTP surface (:mod:`node.federation.wire
 
 * **One session per peer**, with its own SSL context trusting only that peer's certificates
   (:func:`node.federation.tls.client_context_for`), so the handshake pins the server. Connections
-  are kept alive and reused; when a peer's endpoint or certificates change, its session is
-  rebuilt.
+  are kept alive and reused; when a peer's endpoint or certificates change, or this node switches
+  its own certificate (:meth:`FederationClient.use_certificate`, a TLS rotation), the session is
+  rebuilt and the old one is closed once its requests in flight have ended (never under them).
 * **Nothing is delivered on a claim alone.** A receipt counts only when ``verify_receipt``
   accepts it for the envelope sent (signature, envelope hash, sender and recipient); a result
   whose receipt is missing (for ``accepted``/``duplicate``) or does not verify becomes
@@ -117,11 +118,14 @@ class RequestRefused(PeerUnavailable):
         self.reason = reason
 
 
-@dataclass
+@dataclass(eq=False)  # identity: a replaced session waits in a set until it is idle
 class _PeerSession:
     endpoint: PeerEndpoint
+    own: TlsMaterial
     session: aiohttp.ClientSession
     base: URL = field(init=False)
+    in_flight: int = 0
+    replaced: bool = False
 
     def __post_init__(self) -> None:
         self.base = URL(self.endpoint.url)
@@ -172,8 +176,21 @@ class FederationClient:
             total=None, sock_connect=connect_timeout_s, sock_read=request_timeout_s
         )
         self._sessions: dict[str, _PeerSession] = {}
+        self._draining: set[_PeerSession] = set()  # replaced, closed when their requests end
         self._sessions_lock = asyncio.Lock()  # one rebuild at a time, no session leaked
         self._verifiers = ThreadPoolExecutor(VERIFY_THREADS, thread_name_prefix="receipts")
+
+    def use_certificate(self, own: TlsMaterial) -> None:
+        """Present ``own`` from now on (a TLS rotation's switch).
+
+        Each peer's session is rebuilt at its next request; the old sessions close once the
+        requests they carry have ended, so nothing in flight is cut.
+        """
+        self._own = own
+
+    def draining(self) -> bool:
+        """Whether a replaced session still carries a request (its old certificate is in use)."""
+        return bool(self._draining) or any(s.own is not self._own for s in self._sessions.values())
 
     # --- PeerTransport ---------------------------------------------------------------------
 
@@ -254,6 +271,18 @@ class FederationClient:
             peer, "GET", wire.KEYS_PATH, body=None, content_type=None, cap=cap
         )
 
+    async def post_exchange(self, peer: str, path: str, body: bytes) -> bytes:
+        """POST a MessagePack request to one of the peer's exchanges (``server.PeerExchange``,
+        e.g. the key-log checkpoints); the reply is at most ``max_document_bytes``, unverified.
+
+        Raises:
+            PeerUnavailable: as for :meth:`deliver`.
+        """
+        cap = self._limits.protocol.max_document_bytes
+        return await self._exchange(
+            peer, "POST", path, body=body, content_type=wire.MSGPACK, cap=cap
+        )
+
     async def upload_attachment(
         self, peer: str, attachment_id: bytes, chunks: AsyncIterator[bytes]
     ) -> None:
@@ -299,6 +328,7 @@ class FederationClient:
         session = await self._session(peer)
         url = session.base.with_path(wire.ATTACHMENT_PATH.format(attachment_id=attachment_id.hex()))
         received = 0
+        session.in_flight += 1
         try:
             async with session.session.get(url, timeout=self._stream_timeout) as response:
                 if response.status != 200:
@@ -310,11 +340,14 @@ class FederationClient:
                     yield chunk
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
             raise self._unreachable(peer, e) from e
+        finally:
+            await self._release(session)
 
     async def close(self) -> None:
         """Close every peer session and its connections."""
         sessions, self._sessions = self._sessions, {}
-        for peer_session in sessions.values():
+        draining, self._draining = self._draining, set()
+        for peer_session in [*sessions.values(), *draining]:
             await peer_session.session.close()
         self._verifiers.shutdown(wait=False)
 
@@ -334,6 +367,7 @@ class FederationClient:
         session = await self._session(peer)
         headers = {"Content-Type": content_type} if content_type is not None else {}
         started = asyncio.get_running_loop().time()
+        session.in_flight += 1
         try:
             async with session.session.request(
                 method,
@@ -350,6 +384,8 @@ class FederationClient:
         except PeerUnavailable:
             self._mark_down(peer)
             raise
+        finally:
+            await self._release(session)
         self._metrics.peer_up.labels(peer=peer).set(1)
         elapsed_ms = (asyncio.get_running_loop().time() - started) * 1000
         logger.debug("TX [%s] %s %s: %d bytes in %.1f ms", peer, method, path, len(raw), elapsed_ms)
@@ -410,15 +446,17 @@ class FederationClient:
         if endpoint is None:
             raise PeerUnavailable(f"{peer} has no known federation endpoint")
         current = self._sessions.get(peer)
-        if current is not None and current.endpoint == endpoint:
+        if current is not None and current.endpoint == endpoint and current.own is self._own:
             return current
         async with self._sessions_lock:
             current = self._sessions.get(peer)
-            if current is not None and current.endpoint == endpoint:
+            if current is not None and current.endpoint == endpoint and current.own is self._own:
                 return current
             if current is not None:
                 logger.info("TX [%s] endpoint or certificates changed: new session", peer)
-                await current.session.close()
+                current.replaced = True
+                self._draining.add(current)
+                await self._release(current, ended=False)
             context = client_context_for(
                 self._own, endpoint.certificates, scratch_dir=self._scratch_dir
             )
@@ -428,9 +466,17 @@ class FederationClient:
             session = aiohttp.ClientSession(
                 connector=connector, timeout=self._timeout, raise_for_status=False
             )
-            current = _PeerSession(endpoint, session)
+            current = _PeerSession(endpoint, self._own, session)
             self._sessions[peer] = current
             return current
+
+    async def _release(self, session: _PeerSession, *, ended: bool = True) -> None:
+        """A request on ``session`` ended (or it was replaced): close it if replaced and idle."""
+        if ended:
+            session.in_flight -= 1
+        if session.replaced and session.in_flight == 0 and session in self._draining:
+            self._draining.discard(session)
+            await session.session.close()
 
 
 def split_batch(

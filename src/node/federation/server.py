@@ -8,6 +8,9 @@ Owns the HTTP surface under ``/federation/v1/`` (wire format in :mod:`node.feder
 * ``PUT|GET /federation/v1/attachments/{attachment_id}`` — an attachment stream (32 hex
   characters naming its 16-byte id), streamed in chunks to an :class:`AttachmentSink` or from an
   :class:`AttachmentSource`, never held whole in memory.
+* ``POST`` on each path of ``exchanges`` — a MessagePack request answered by a MessagePack
+  reply from the injected :class:`PeerExchange` (``/federation/v1/checkpoints``:
+  ``node.checkpoints``); a request it refuses is ``400`` with the protocol error's code.
 
 Invariants:
 
@@ -24,7 +27,8 @@ Invariants:
 * **Every refusal** is a JSON ``{"error": {"code", "message"}}`` with a stable code, counted in
   ``citynode_refusals{peer, code}`` (``peer="unknown"`` before authentication), logged as
   ``RX [city] ...`` without any request content, and changes nothing. Overload
-  (:class:`node.delivery.Overloaded`) is ``503`` with ``Retry-After`` and keeps nothing.
+  (:class:`node.delivery.Overloaded`) is ``503`` with ``Retry-After`` and keeps nothing, and
+  so is a database outage (:class:`node.storage.database.StorageError`) on any route.
 * Metrics counted here: request-level refusals, and ``citynode_inbox_accepted`` per envelope the
   handler reports ``accepted``. Per-envelope refusals are the inbox handler's to count.
 """
@@ -45,6 +49,7 @@ from node.errors import NodeError
 from node.federation import wire
 from node.federation.tls import PinTable, pin_of_certificate_der
 from node.metrics import NodeMetrics
+from node.storage.database import StorageError
 from protocol.errors import DecodeError, RemoteProtocolError
 
 logger = logging.getLogger(__name__)
@@ -82,6 +87,18 @@ class AttachmentNotFound(AttachmentError):
 
     code: ClassVar[str] = "attachment_not_found"
     status: ClassVar[int] = 404
+
+
+class PeerExchange(Protocol):
+    """A request/reply exchange with an authenticated peer, registered under its own path."""
+
+    async def __call__(self, peer: str, body: bytes) -> bytes:
+        """Answer ``peer``'s request body (at most ``max_request_bytes``).
+
+        Raises:
+            DecodeError, RemoteProtocolError: the request is refused with the error's code.
+        """
+        ...
 
 
 class AttachmentWriter(Protocol):
@@ -174,6 +191,7 @@ def create_federation_app(
     attachment_source: AttachmentSource | None = None,
     max_attachment_bytes: int = DEFAULT_MAX_ATTACHMENT_BYTES,
     overload_retry_after_s: int = DEFAULT_OVERLOAD_RETRY_AFTER_S,
+    exchanges: Mapping[str, PeerExchange] | None = None,
 ) -> web.Application:
     """Build the federation application (serve it with the context of ``tls.server_context``).
 
@@ -188,6 +206,7 @@ def create_federation_app(
         attachment_source: where downloads come from; ``None`` refuses downloads (404).
         max_attachment_bytes: the largest attachment stream accepted.
         overload_retry_after_s: the ``Retry-After`` sent with a 503.
+        exchanges: path → request/reply exchange served with ``POST`` (the key-log checkpoints).
 
     Returns:
         The application.
@@ -214,6 +233,8 @@ def create_federation_app(
     app.router.add_get(wire.KEYS_PATH, _keys, allow_head=False)
     app.router.add_put(wire.ATTACHMENT_PATH, _put_attachment)
     app.router.add_get(wire.ATTACHMENT_PATH, _get_attachment, allow_head=False)
+    for path, exchange in (exchanges or {}).items():
+        app.router.add_post(path, _exchange_view(exchange))
     return app
 
 
@@ -241,6 +262,11 @@ async def _authenticate(
         return await handler(request)
     except _Refused as refusal:
         return _refuse(fed, city, request, refusal)
+    except StorageError as e:  # the database is away: the peer keeps what it sent and retries
+        unavailable = _Refused(
+            503, e.code, "storage unavailable", retry_after_s=fed.overload_retry_after_s
+        )
+        return _refuse(fed, city, request, unavailable)
     except web.HTTPException as e:
         if e.status < 400:
             raise
@@ -328,10 +354,8 @@ async def _inbox(request: web.Request) -> web.Response:
         raise _Refused(400, e.code, e.message) from e
     try:
         results = await fed.handler.handle_batch(peer, envelopes)
-    except Overloaded as e:
-        raise _Refused(
-            503, Overloaded.code, e.message, retry_after_s=fed.overload_retry_after_s
-        ) from e
+    except Overloaded as e:  # also ``identity_revoked``: we cannot sign a receipt now
+        raise _Refused(503, e.code, e.message, retry_after_s=fed.overload_retry_after_s) from e
     if len(results) != len(envelopes):
         raise RuntimeError("the inbox handler did not return one result per envelope")
     accepted = sum(1 for r in results if r.status == ACCEPTED)
@@ -344,6 +368,24 @@ async def _inbox(request: web.Request) -> web.Response:
 async def _keys(request: web.Request) -> web.Response:
     fed = request.app[FEDERATION]
     return web.Response(body=await fed.key_state(), content_type=wire.MSGPACK)
+
+
+def _exchange_view(
+    exchange: PeerExchange,
+) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def view(request: web.Request) -> web.Response:
+        fed = request.app[FEDERATION]
+        _require_content_type(request, wire.MSGPACK)
+        body = await _read_capped(request, fed.limits.max_request_bytes)
+        try:
+            answer = await exchange(request[PEER_CITY], body)
+        except (DecodeError, RemoteProtocolError) as e:
+            raise _Refused(400, e.code, e.message) from e
+        except Overloaded as e:  # e.g. our identity key is revoked: nothing can be signed now
+            raise _Refused(503, e.code, e.message, retry_after_s=fed.overload_retry_after_s) from e
+        return web.Response(body=answer, content_type=wire.MSGPACK)
+
+    return view
 
 
 # --- attachments -----------------------------------------------------------------------------

@@ -21,6 +21,11 @@ Client side, one context per peer trusts *only that peer's* certificates
 (:func:`client_context_for`), so the handshake itself pins the server; host names are not
 checked because the pins replace them.
 
+A TLS rotation (``node.rotation``, ``node.key_exchange``) never leaves a peer without a pin it
+accepts: the new pin is announced beside the old one (both in the :class:`PinTable` at every
+peer), the node switches to the new certificate (:func:`present_certificate`) only once every
+peer accepts it, and retires the old pin after that.
+
 Invariants: a peer certificate is accepted only as an exact member of the trust store (OpenSSL's
 partial-chain mode: two certificates of one city share a subject name during a rotation); TLS 1.2
 is the floor; TLS 1.2 is restricted to ECDHE key exchange with AEAD ciphers
@@ -215,6 +220,20 @@ def trust_peer_certificates(context: ssl.SSLContext, peer_certificates: Sequence
     if not peer_certificates:
         raise ValueError("at least one peer certificate is needed to build a trust store")
     context.load_verify_locations(cadata=b"".join(peer_certificates).decode("ascii"))
+
+
+def present_certificate(
+    context: ssl.SSLContext, own: TlsMaterial, *, scratch_dir: Path | None = None
+) -> None:
+    """Make a (possibly live) context present another certificate of this node.
+
+    New handshakes show it at once; connections already open keep the certificate they were
+    made with. Used by a TLS rotation's switch, once every peer accepts the new certificate.
+
+    Raises:
+        ssl.SSLError: OpenSSL refused the pair.
+    """
+    _load_own(context, own, scratch_dir)
 
 
 def _harden(context: ssl.SSLContext) -> None:

@@ -29,7 +29,18 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
-from sqlalchemy import Double, LargeBinary, String, bindparam, case, func, select, update
+from sqlalchemy import (
+    Double,
+    LargeBinary,
+    String,
+    bindparam,
+    case,
+    func,
+    insert,
+    literal,
+    select,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from node.config import NodeLimits
@@ -72,9 +83,21 @@ _RECORD_RECEIPT: Final = (
 )
 _RECORD_REFUSAL: Final = (
     update(_OUTBOX)
-    .where(_OUTBOX.c.seq == bindparam("k_seq"), _OUTBOX.c.state.in_(UNDELIVERED))
+    # One plain parameter per state, not an "expanding" list: the statement runs executemany.
+    .where(
+        _OUTBOX.c.seq == bindparam("k_seq"),
+        _OUTBOX.c.state.in_([literal(state) for state in UNDELIVERED]),
+    )
     .values(state=DeliveryState.FAILED.value, last_error=bindparam("k_error", type_=String))
 )
+
+# Built once: the statements every enqueue runs (building one anew costs more than running it).
+_COUNT_UNDELIVERED: Final = (
+    select(func.count())
+    .select_from(_OUTBOX)
+    .where(_OUTBOX.c.peer == bindparam("k_peer"), _OUTBOX.c.state.in_(UNDELIVERED))
+)
+_ENQUEUE: Final = insert(_OUTBOX).returning(_OUTBOX.c.seq, sort_by_parameter_order=True)
 
 
 class OutboxFull(Overloaded):
@@ -236,21 +259,21 @@ class OutboxStore:
                         f"{self._max_queue_length} undelivered: try again later"
                     )
             rows = [
-                OutboxRow(
-                    peer=item.peer,
-                    case_id=item.case_id,
-                    message_id=item.message_id,
-                    message_type=item.message_type,
-                    envelope=item.envelope,
-                    state=DeliveryState.QUEUED.value,
-                    attempts=0,
-                    created_at=queued_at,
-                )
+                {
+                    "peer": item.peer,
+                    "case_id": item.case_id,
+                    "message_id": item.message_id,
+                    "message_type": item.message_type,
+                    "envelope": item.envelope,
+                    "state": DeliveryState.QUEUED.value,
+                    "attempts": 0,
+                    "created_at": queued_at,
+                }
                 for item in items
             ]
-            s.add_all(rows)
-            await s.flush()
-            return [row.seq for row in rows]
+            # One INSERT ... RETURNING, no ORM object per row; seqs come back in the given order.
+            inserted = await s.execute(_ENQUEUE, rows)
+            return [int(seq) for seq in inserted.scalars().all()]
 
     async def next_batch(self, peer: str, limit: int, now: float) -> Sequence[OutgoingEnvelope]:
         """Return up to ``limit`` queued or sent-but-unreceipted envelopes for ``peer``, by seq."""
@@ -528,11 +551,7 @@ async def _record(
 
 
 async def _undelivered(session: AsyncSession, peer: str) -> int:
-    count = await session.scalar(
-        select(func.count())
-        .select_from(OutboxRow)
-        .where(OutboxRow.peer == peer, OutboxRow.state.in_(UNDELIVERED))
-    )
+    count = await session.scalar(_COUNT_UNDELIVERED, {"k_peer": peer})
     return int(count or 0)
 
 

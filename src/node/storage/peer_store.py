@@ -160,8 +160,9 @@ class PeerStore:
             if row.last_seen_at is None or at > row.last_seen_at:
                 row.last_seen_at = at
 
-    async def mark_verified(self, city: str, at: float) -> None:
-        """Record that an operator verified the peer's fingerprint out of band at ``at``.
+    async def mark_verified(self, city: str, at: float | None) -> None:
+        """Record that an operator verified the peer's fingerprint out of band at ``at``
+        (``None``: a package with another identity key was imported, not verified yet).
 
         Raises:
             UnknownPeer: ``city`` is not stored.

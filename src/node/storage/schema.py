@@ -388,3 +388,58 @@ class CaseDocumentRow(Base):
     last_error: Mapped[str | None] = mapped_column(String(CODE_CHARS))
     created_at: Mapped[float] = mapped_column(Double)
     updated_at: Mapped[float] = mapped_column(Double)
+
+
+# --- Revision 0007: key transparency (checkpoints, countersignatures, equivocation proofs) ----
+
+
+class KeylogCheckpointRow(Base):
+    """A peer's signed key-log checkpoint this node verified (``node.checkpoints``).
+
+    One row per distinct ``(city, size, head)``: a city re-signing the same head adds nothing.
+    ``signed`` is the exact ``protocol.keylog.SignedCheckpoint`` received; ``source`` is the peer
+    that showed it (the city itself, or a witness that relayed its countersignature). Public key
+    material only.
+    """
+
+    __tablename__ = "keylog_checkpoints"
+
+    city: Mapped[str] = mapped_column(String(NAME_CHARS), primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    head: Mapped[bytes] = mapped_column(LargeBinary(HASH_BYTES), primary_key=True)
+    signed: Mapped[bytes] = mapped_column(LargeBinary)
+    source: Mapped[str] = mapped_column(String(NAME_CHARS))
+    received_at: Mapped[float] = mapped_column(Double)
+
+
+class KeylogCountersignatureRow(Base):
+    """A countersignature of a key-log checkpoint: made by a peer of ours, by us of a peer's, or
+    by a peer of a third city's and relayed to us. ``countersignature`` is the exact
+    ``protocol.keylog.Countersignature``; ``seen_at`` is the time the witness signed it saw it."""
+
+    __tablename__ = "keylog_countersignatures"
+
+    city: Mapped[str] = mapped_column(String(NAME_CHARS), primary_key=True)
+    witness: Mapped[str] = mapped_column(String(NAME_CHARS), primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    head: Mapped[bytes] = mapped_column(LargeBinary(HASH_BYTES), primary_key=True)
+    countersignature: Mapped[bytes] = mapped_column(LargeBinary)
+    seen_at: Mapped[float] = mapped_column(Double)
+    received_at: Mapped[float] = mapped_column(Double)
+
+
+class KeylogEquivocationRow(Base):
+    """The proof that ``city`` signed two key-log checkpoints that conflict: the alarm.
+
+    ``proof`` is the exact ``protocol.equivocation.EquivocationProof`` (both signed
+    checkpoints), checkable offline by anyone holding the city's identity keys; ``reported_by``
+    is the peer whose message completed it. One proof per city and size is enough evidence.
+    """
+
+    __tablename__ = "keylog_equivocations"
+
+    city: Mapped[str] = mapped_column(String(NAME_CHARS), primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    proof: Mapped[bytes] = mapped_column(LargeBinary)
+    reported_by: Mapped[str] = mapped_column(String(NAME_CHARS))
+    detected_at: Mapped[float] = mapped_column(Double)

@@ -114,6 +114,27 @@ async def test_receipts_are_kept_and_permanent_refusals_fail_with_their_code(
     assert await _batch(outbox) == [batch[3].seq, batch[4].seq]
 
 
+async def test_several_permanent_refusals_in_one_batch_all_fail_with_their_codes(
+    outbox: OutboxStore,
+) -> None:
+    for n in range(1, 4):
+        await _enqueue(outbox, n)
+    batch = await outbox.next_batch("goteborg", 64, T0)
+    await outbox.mark_sent([e.seq for e in batch], T0 + 1)
+    results = [
+        DeliveryResult("revoked_key", None),
+        DeliveryResult(ACCEPTED, RECEIPT),
+        DeliveryResult("bad_signature", None),
+    ]
+    await outbox.record_results(batch, results, T0 + 2)
+    first, third = await outbox.entry(message_id(1)), await outbox.entry(message_id(3))
+    assert first is not None
+    assert third is not None
+    assert (first.state, first.last_error) == (DeliveryState.FAILED, "revoked_key")
+    assert (third.state, third.last_error) == (DeliveryState.FAILED, "bad_signature")
+    assert await outbox.state_of(message_id(2)) == DeliveryState.RECEIPTED
+
+
 async def test_a_stored_receipt_is_final(outbox: OutboxStore) -> None:
     await _enqueue(outbox, 1)
     batch = await outbox.next_batch("goteborg", 1, T0)
