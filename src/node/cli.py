@@ -29,7 +29,7 @@ from node.keystore import KDF_PROFILES
 from node.logs import configure_logging
 from node.provision import create_node
 from node.secrets_source import read_operator_secret
-from node.service import Node, serve
+from node.service import Node
 from node.storage.database import Database
 from node.storage.outbox_store import OutboxStore
 from protocol.cases import Role, mermaid
@@ -72,6 +72,8 @@ def _cmd_init(args: argparse.Namespace) -> int:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     """Run the node until SIGTERM or SIGINT."""
+    from node.serving import serve  # noqa: PLC0415 (the other commands never load the server)
+
     config = config_of(args)
     secret = read_operator_secret(secret_file=args.secret_file)
 

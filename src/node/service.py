@@ -1,4 +1,4 @@
-"""One city node, assembled: what ``citynode serve`` runs and what operator commands open.
+"""One city node, opened: what operator commands use and what ``citynode serve`` runs over.
 
 Owns the wiring of the node's parts (no part reaches for another through a global):
 
@@ -6,7 +6,7 @@ Owns the wiring of the node's parts (no part reaches for another through a globa
   operator secret), the database (migrated to the current schema), the stores, the node's own
   keys and key-history log, and the current :class:`~node.trust.TrustState`. Operator commands
   use it without listening on any port.
-* :func:`serve` — the running node: the federation listener (mutual TLS, pinned peers), the
+* ``node.serving.serve`` — the running node: the federation listener (mutual TLS, pinned peers), the
   API listener (``/healthz``, ``/metrics`` and the case API under ``/api/v1``, bearer tokens),
   one sender loop per peer, and a heartbeat that fetches each peer's key package every few
   seconds — which keeps the peers' keys fresh and tells a peer that comes back that we are here
@@ -18,8 +18,6 @@ Nothing is served before an agreement has been adopted: without one the node has
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import datetime
 import logging
 import time
@@ -27,42 +25,23 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
-from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import func, select
 
-from node.api.app import create_case_api
-from node.api.openapi import PREFIX as API_PREFIX
 from node.attachment_store import AttachmentStore
-from node.audit import AuditTrail
-from node.balance import BalanceAnnouncer
-from node.balance_report import BalanceService
 from node.case_ledger import CaseLedger
-from node.cases.document_fetch import DocumentFetcher
-from node.cases.document_service import DocumentService
 from node.cases.documents import DocumentLedger, DocumentRecords
 from node.cases.journal import CaseJournal
 from node.cases.rules import CaseRules
-from node.cases.service import CaseService
-from node.checkpoints import CHECKPOINTS_PATH, gossip, witness_for
 from node.config import NodeConfig
 from node.errors import NodeError
-from node.federation.client import FederationClient, PeerEndpoint
-from node.federation.server import create_federation_app
 from node.federation.tls import (
-    PinTable,
     pin_of_certificate_pem,
-    server_context,
 )
-from node.inbox import InboxProcessor
-from node.key_exchange import KeyExchange, heartbeat, no_sender
 from node.key_history import KeyHistory
 from node.key_replacement import IdentityRevoked, own_chain
 from node.keystore import Keystore
 from node.metrics import NodeMetrics
-from node.outbox.backoff import Backoff
-from node.outbox.dispatcher import OutboxDispatcher
-from node.outbox.sender import OutboxSettings
 from node.outgoing import Outgoing
 from node.own_keys import (
     OwnKeys,
@@ -78,7 +57,6 @@ from node.own_keys import (
     signing_identities,
 )
 from node.peer_package import encode_package, read_package
-from node.retention import CaseRetention
 from node.rotation import (
     bundle_tls_pins,
     destroy_expired,
@@ -98,7 +76,6 @@ from node.storage.schema import AgreementRow
 from node.storage.vault import CaseVault
 from node.tls_material import TlsMaterial
 from node.trust import TrustState
-from node.users import UserStore
 from protocol.agreement import VerifiedAgreement, verify_chain
 from protocol.errors import ErrorCode, ProtocolError, RemoteProtocolError
 from protocol.key_bundle import VerifiedKeyBundle, check_bundle_update, verify_bundle
@@ -114,10 +91,8 @@ from protocol.succession import (
 
 logger = logging.getLogger(__name__)
 
-HOUSEKEEPING_S: Final = 60.0
 IDENTITY_SWITCH_S: Final = 30
 """Seconds between an identity succession and the first signature by the new key."""
-BALANCE_S: Final = 30.0
 
 
 class NoAgreement(NodeError):
@@ -628,268 +603,3 @@ class Node:
 
 
 # --- serving ---------------------------------------------------------------------------------
-
-
-def _peer_endpoint(node: Node) -> Callable[[str], PeerEndpoint | None]:
-    def endpoint(city: str) -> PeerEndpoint | None:
-        peer = node.trust().peers.get(city)
-        if peer is None or not peer.certificates:
-            return None
-        return PeerEndpoint(url=peer.endpoint, certificates=peer.certificates)
-
-    return endpoint
-
-
-def _operator_app(
-    node: Node, dispatcher: OutboxDispatcher, api: web.Application
-) -> web.Application:
-    """``/healthz``, ``/metrics`` and the case API (mounted at ``/api/v1/``)."""
-
-    async def healthz(request: web.Request) -> web.Response:
-        try:
-            await node.db.check()
-            database = "ok"
-        except NodeError as e:
-            database = e.code
-        peers = {
-            status.peer: {"up": status.failures == 0, "failures": status.failures}
-            for status in dispatcher.status()
-        }
-        revoked = node.identity_revoked_since() is not None
-        healthy = database == "ok" and node.has_agreement() and not revoked
-        body = {
-            "status": "ok" if healthy else "degraded",
-            "city": node.config.city,
-            "database": database,
-            "agreement_version": node.trust().agreement.version if node.has_agreement() else None,
-            "keys": "identity_revoked" if revoked else "ok",
-            "peers": peers,
-        }
-        return web.json_response(body, status=200 if healthy else 503)
-
-    async def metrics(request: web.Request) -> web.Response:
-        return web.Response(body=node.metrics.render(), content_type="text/plain")
-
-    app = web.Application()
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/metrics", metrics)
-    app.add_subapp(API_PREFIX + "/", api)
-    return app
-
-
-async def _housekeeping(node: Node) -> None:
-    """Once a minute: forget replay records whose timestamp has left the window, and shred the
-    ended cases whose retention period has run out (``node.retention``)."""
-    retention = CaseRetention(
-        db=node.db,
-        cases=node.cases,
-        audit=AuditTrail(node.db, node.clock),
-        after_days=node.config.retention.shred_case_key_after_days,
-        clock=node.clock,
-        attachments=node.attachments,
-    )
-    while True:
-        try:
-            purged = await node.inbox.purge_replay(node.clock())
-            if purged:
-                logger.info("node [%s] %d expired replay records purged", node.config.city, purged)
-            await retention.shred_due()
-        except NodeError as e:
-            logger.warning("node [%s] replay purge failed: %s", node.config.city, e.code)
-        except Exception:  # the loop must not die; the reason is logged
-            logger.exception("node [%s] housekeeping failed", node.config.city)
-        await asyncio.sleep(HOUSEKEEPING_S)
-
-
-async def _balance_statements(announcer: BalanceAnnouncer, every_s: float) -> None:
-    """State this node's relocation counts to its peers (``node.balance``): first ``every_s``
-    after the start (the peers' keys are fetched by then), then whenever they changed."""
-    while True:
-        await asyncio.sleep(every_s)
-        try:
-            await announcer.announce()
-        except NodeError as e:
-            logger.warning("balance statements failed: %s", e.code)
-        except Exception:  # the loop must not die; the reason is logged
-            logger.exception("balance statements failed")
-
-
-def _document_fetcher(node: Node, client: FederationClient) -> DocumentFetcher:
-    """The fetcher of received referrals' documents (``node.cases.document_fetch``)."""
-    return DocumentFetcher(
-        records=node.documents,
-        store=node.attachments,
-        root=node.config.data_dir / "attachments",
-        download=client.download_attachment,
-        clock=node.clock,
-        limits=node.config.limits.protocol,
-    )
-
-
-def _case_api(node: Node, dispatcher: OutboxDispatcher) -> web.Application:
-    """The case API over this node: its users' tokens, its audit trail, its sender."""
-    audit = AuditTrail(node.db, node.clock)
-    service = CaseService(
-        city=node.config.city,
-        db=node.db,
-        cases=node.cases,
-        journal=node.journal,
-        outgoing=node.outgoing(dispatcher.notify),
-        audit=audit,
-        trust=node.trust,
-        clock=node.clock,
-        documents=node.documents,
-    )
-    documents = DocumentService(
-        city=node.config.city,
-        records=node.documents,
-        store=node.attachments,
-        audit=audit,
-        limits=node.config.limits.protocol,
-        max_document_bytes=node.config.limits.max_case_document_bytes,
-    )
-    balance = BalanceService(
-        city=node.config.city,
-        db=node.db,
-        audit=audit,
-        members=lambda: [m.city for m in node.trust().agreement.document.members],
-        clock=node.clock,
-    )
-    return create_case_api(
-        service,
-        UserStore(node.db, node.clock, audit=audit),
-        city=node.config.city,
-        max_body_bytes=node.config.limits.max_api_request_bytes,
-        clock=node.clock,
-        documents=documents,
-        balance=balance,
-    )
-
-
-async def serve(node: Node, stop: asyncio.Event, *, balance_every_s: float = BALANCE_S) -> None:
-    """Run the node until ``stop`` is set: listeners, sender loops and the heartbeat.
-
-    ``balance_every_s``: how often the node checks its relocation counts and states them to its
-    peers when they changed (``node.balance``).
-
-    Raises:
-        NoAgreement: no agreement adopted yet.
-        OSError: a listener's port cannot be bound.
-    """
-    trust = node.trust()
-    config = node.config
-    client = FederationClient(
-        own=node.tls,
-        peers=_peer_endpoint(node),
-        verify_receipt=node.receipt_checker(),
-        limits=config.limits,
-        metrics=node.metrics,
-        clock=node.clock,
-    )
-    dispatcher = OutboxDispatcher(
-        node.outbox,
-        client,
-        settings=OutboxSettings.from_limits(config.limits),
-        backoff=Backoff.from_limits(config.limits),
-        metrics=node.metrics,
-        clock=node.clock,
-        on_unknown_key=lambda city: keys.refresh(city),  # noqa: PLW0108 (bound below)
-    )
-    ssl_context = server_context(node.tls, trust.all_peer_certificates())
-    keys = KeyExchange(node, client, dispatcher, ssl_context)
-    handler = InboxProcessor(
-        city=config.city,
-        identity=node.identity_at,
-        decryption_keys=node.decryption,
-        trust=node.trust,
-        inbox=node.inbox,
-        ledger=node.ledger,
-        metrics=node.metrics,
-        clock=node.clock,
-        limits=config.limits.protocol,
-        on_accepted=keys.on_accepted,
-        own_keys=node.own_verify_keys,
-    )
-
-    async def key_state() -> bytes:
-        return node.package()
-
-    def pins() -> PinTable:
-        return node.trust().pin_table()
-
-    witness = witness_for(node)  # key transparency (node.checkpoints)
-
-    federation = create_federation_app(
-        handler=handler,
-        key_state=key_state,
-        pins=pins,
-        limits=config.limits,
-        metrics=node.metrics,
-        on_peer_seen=dispatcher.peer_seen,
-        attachments=node.attachments,
-        attachment_source=node.attachments.source(),
-        exchanges={CHECKPOINTS_PATH: witness.answer},
-    )
-    runners = [
-        web.AppRunner(federation, access_log=None),
-        web.AppRunner(
-            _operator_app(node, dispatcher, _case_api(node, dispatcher)), access_log=None
-        ),
-    ]
-    for runner in runners:
-        await runner.setup()
-    sites = [
-        web.TCPSite(
-            runners[0], config.federation.host, config.federation.port, ssl_context=ssl_context
-        ),
-        web.TCPSite(runners[1], config.api.host, config.api.port),
-    ]
-    background: list[asyncio.Task[None]] = []
-    try:
-        for site in sites:
-            await site.start()
-        dispatcher.start(trust.peers)
-        node.on_keys_changed = keys.changed.set
-        node.wake_sender = dispatcher.notify
-        background.append(asyncio.create_task(heartbeat(keys)))
-        background.append(asyncio.create_task(keys.rotation(node.outgoing(dispatcher.notify))))
-        background.append(asyncio.create_task(_housekeeping(node)))
-        background.append(
-            asyncio.create_task(
-                gossip(
-                    witness,
-                    lambda peer, body: client.post_exchange(peer, CHECKPOINTS_PATH, body),
-                    lambda: list(node.trust().peers),
-                )
-            )
-        )
-        announcer = BalanceAnnouncer(
-            city=config.city,
-            db=node.db,
-            outgoing=node.outgoing(dispatcher.notify),
-            peers=lambda: list(node.trust().peers),
-            clock=node.clock,
-        )
-        background.append(asyncio.create_task(_balance_statements(announcer, balance_every_s)))
-        background.append(asyncio.create_task(_document_fetcher(node, client).run()))
-        logger.info(
-            "node [%s] serving: federation %s:%d, api %s:%d",
-            config.city,
-            config.federation.host,
-            config.federation.port,
-            config.api.host,
-            config.api.port,
-        )
-        await stop.wait()
-    finally:
-        node.on_keys_changed = None
-        node.wake_sender = no_sender
-        for task in [*background, *keys.tasks]:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await dispatcher.stop()
-        await client.close()
-        for runner in runners:
-            await runner.cleanup()
-        logger.info("node [%s] stopped", config.city)

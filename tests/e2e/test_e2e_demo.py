@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from demo_support import DemoRun, answers, call, check_scenario
 
-from node.cli_demo import clear
 from node.demo_api import DemoError
+from node.demo_command import clear
 from node.localnet_support import citynode_argv
 
 

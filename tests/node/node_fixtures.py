@@ -10,7 +10,7 @@ running ``serve``) or PostgreSQL provisions afresh (:func:`provision`).
 
 Also here: sealing envelopes as a peer would (the sender node's identity, the receiver's current
 key from the sender's trust snapshot), forging the bad ones the issue lists, the inbox processor
-and the federation listener built exactly as ``node.service.serve`` builds them, delivering an
+and the federation listener built exactly as ``node.serving.serve`` builds them, delivering an
 outbox in-process, counting what a node stored, and checking log records for personal data.
 
 Imported by the test modules as ``from node_fixtures import ...`` (pytest puts ``tests/node`` on
@@ -63,7 +63,8 @@ from node.membership import (
 )
 from node.provision import create_node
 from node.secrets_source import OperatorSecret
-from node.service import Node, serve
+from node.service import Node
+from node.serving import serve
 from node.storage.schema import CaseRow
 from node.trust import TrustState
 from protocol import codec, hpke, signing

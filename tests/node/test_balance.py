@@ -42,7 +42,8 @@ from node.balance import (
 )
 from node.balance_report import BalanceReport, BalanceService, build_report
 from node.delivery import ACCEPTED
-from node.service import Node, serve
+from node.service import Node
+from node.serving import serve
 from node.storage.schema import BalanceStatementRow, InboxRow
 from node.users import UserStore
 from protocol.messages import BalanceStatement, CityCount

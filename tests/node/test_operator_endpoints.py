@@ -1,7 +1,7 @@
 """The operator endpoints of a running node: ``/healthz`` and ``/metrics``, from ``serve`` itself.
 
 Nodes are provisioned afresh on free loopback ports (the agreement names their endpoints) and run
-with :func:`node.service.serve` in-process: real federation listeners over mutual TLS, real
+with :func:`node.serving.serve` in-process: real federation listeners over mutual TLS, real
 sender loops and heartbeats, real databases. Malmö is a member that is not running, so
 Stockholm's messages to it fail and are retried.
 """

@@ -37,7 +37,8 @@ from node import config
 from node.audit import AuditTrail
 from node.balance import YearCounts, count_own
 from node.retention import DAY_S, SHREDDED, CaseRetention
-from node.service import Node, serve
+from node.service import Node
+from node.serving import serve
 from node.storage.schema import CaseDocumentRow
 from node.storage.vault import CaseShredded
 

@@ -102,6 +102,8 @@ class DocumentFetcher:
             done = 0
             try:
                 done = await self.run_once()
+            except NodeError as e:  # e.g. the database is away: said once per poll, no traceback
+                logger.warning("documents: fetch round failed: %s", e.code)
             except Exception:  # the loop must not die; the reason is logged
                 logger.exception("documents: fetch round failed")
             if done == 0:

@@ -3,7 +3,7 @@
 Stockholm and Göteborg are provisioned in a temporary directory by the operators' procedure
 (``provision.create_node``, peer packages imported and their fingerprints confirmed, an agreement
 proposed by Stockholm, signed by Göteborg, adopted by both), each with two units, so that a case
-worker of *another* unit exists. Each node then runs ``node.service.serve`` — the federation
+worker of *another* unit exists. Each node then runs ``node.serving.serve`` — the federation
 listener over real mutual TLS and the API listener — in the test's event loop, and talks to the
 other exactly as in production. Users of every role get a token through ``node.users``.
 
@@ -49,7 +49,8 @@ from node.membership import (
     verify_peer,
 )
 from node.provision import create_node
-from node.service import Node, serve
+from node.service import Node
+from node.serving import serve
 from node.users import UserStore
 
 CITIES: Final = ("stockholm", "goteborg")
