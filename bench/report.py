@@ -36,6 +36,7 @@ BENCHMARKS: Final = {
     "protocol": ("Protocol: sealing and attachments", "bench_protocol.py", "table"),
     "federation": ("Federation: two nodes over mutual TLS", "bench_federation.py", "table"),
     "rotation": ("Key rotation under traffic: three nodes", "bench_rotation.py", "table"),
+    "load": ("Load: 30 case workers and a stream, three nodes", "bench_load.py", "table"),
 }
 INTRO: Final = """# Performance
 

@@ -60,7 +60,7 @@ def _units(draft: Path) -> dict[str, list[str]]:
     return units
 
 
-async def _add_accounts(federation: LocalFederation, city: str, units: list[str]) -> dict[str, str]:
+async def add_accounts(federation: LocalFederation, city: str, units: list[str]) -> dict[str, str]:
     """A coordinator and one case worker per unit at ``city``; their tokens by unit id."""
     config = load_config(federation.config_path(city))
     node = await Node.open(config, OperatorSecret(federation.secret.encode()))
@@ -111,7 +111,7 @@ def _provision(args: argparse.Namespace, narrator: Narrator) -> tuple[LocalFeder
 
         async def accounts() -> dict[str, dict[str, str]]:
             # One node at a time: Alembic's migration context is process-global.
-            return {city: await _add_accounts(federation, city, units[city]) for city in CITIES}
+            return {city: await add_accounts(federation, city, units[city]) for city in CITIES}
 
         tokens = asyncio.run(accounts())
         narrator.say("  users add: a coordinator and a case worker per unit at every city")
