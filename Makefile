@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest bench bench-quick load spec fuzz chaos clean
+.PHONY: demo test lint typecheck pytest bench bench-quick load spec fuzz chaos security no-leak clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -64,6 +64,15 @@ CHAOS_HOLD_S   ?= 35
 chaos: $(STAMP)
 	CITYNODE_CHAOS_ROUNDS=$(CHAOS_ROUNDS) CITYNODE_CHAOS_MESSAGES=$(CHAOS_MESSAGES) \
 		CITYNODE_CHAOS_HOLD_S=$(CHAOS_HOLD_S) $(BIN)/pytest tests/chaos -s --durations=0
+
+# The attack table: every named attack with the code it must get; rewrites docs/security-tests.md.
+security: $(STAMP)
+	$(BIN)/python tests/security/make_table.py
+
+# The no-leak check: the demo's year of cases on SQLite and PostgreSQL (CITYNODE_TEST_PG_URL),
+# then every file, database dump, metrics page and error body scanned for the demo's people.
+no-leak: $(STAMP)
+	$(BIN)/pytest tests/e2e/test_e2e_no_leak.py -v
 
 # The protocol specification docs/protocol.md is assembled from its chapters in docs/spec/.
 spec: $(STAMP)
