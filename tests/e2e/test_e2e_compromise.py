@@ -26,19 +26,18 @@ commands, starting and stopping nodes) run in threads, so the traffic never paus
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime
 import re
 import secrets
 import shlex
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 from e2e_support import UNITS, Sent, Tables, open_node, read, wait_until
 from sqlalchemy import text
-from test_e2e_rotation import caseworker_tokens, header, peers_of
+from test_e2e_rotation import Traffic, caseworker_tokens, header, peers_of
 from yarl import URL
 
 from node.federation import wire
@@ -59,7 +58,6 @@ COMPROMISED = "malmo"
 OTHERS = ("stockholm", "goteborg")
 RUNBOOK = Path(__file__).resolve().parents[2] / "docs" / "operator-runbook.md"
 _BLOCK = re.compile(r"```sh\n(.*?)```", re.S)  # as tests/node/test_runbook.py reads the runbook
-RATE_PER_S = 4.0
 WAIT_S = 45.0
 COMPROMISED_FOR_S = 1  # the operator declares the key compromised since 1 s before the revoke
 BACKLOG_S = 2.0  # seconds of traffic before a step (messages dated before the compromise time)
@@ -110,62 +108,6 @@ class Operators:
     def steps(self, commands: list[list[str]], verb: str) -> list[list[str]]:
         """The commands of the procedure that start with ``verb`` (e.g. ``keys revoke``)."""
         return [c for c in commands if " ".join(c).startswith(verb)]
-
-
-@dataclass
-class Traffic:
-    """Inquiries from every city to both others; refusals by a node that cannot take them now
-    (503: revoked key, peer's keys not fetched yet) and a stopped node are counted, not failures.
-    """
-
-    federation: LocalFederation
-    tokens: dict[str, str]
-    opened: dict[tuple[str, str], int] = field(default_factory=dict)
-    unavailable: dict[str, int] = field(default_factory=dict)
-    errors: list[str] = field(default_factory=list)
-    _stop: asyncio.Event = field(default_factory=asyncio.Event)
-    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
-
-    def start(self) -> None:
-        for sender in CITIES:
-            for recipient in peers_of(sender):
-                self.opened[sender, recipient] = 0
-                self._tasks.append(asyncio.create_task(self._flow(sender, recipient)))
-
-    async def stop(self) -> None:
-        self._stop.set()
-        await asyncio.gather(*self._tasks)
-
-    async def _flow(self, sender: str, recipient: str) -> None:
-        today = datetime.datetime.now(datetime.UTC).date()
-        body = {
-            "to_city": recipient,
-            "to_unit": UNITS[recipient],
-            "threat_level": "moderate",
-            "police_consulted_on": (today - datetime.timedelta(days=7)).isoformat(),
-            "consent": True,
-            "needs": ["housing", "treatment"],
-            "summary": "Behöver boende och stöd i öppenvård (testärende).",
-            "wished_start": (today + datetime.timedelta(days=30)).isoformat(),
-        }
-        url = f"{self.federation.api_url(sender)}/api/v1/cases"
-        headers = {"Authorization": f"Bearer {self.tokens[sender]}"}
-        async with aiohttp.ClientSession() as session:
-            while not self._stop.is_set():
-                try:
-                    async with session.post(url, json=body, headers=headers) as response:
-                        answer = await response.text()
-                        if response.status == 201:
-                            self.opened[sender, recipient] += 1
-                        elif response.status == 503:
-                            code = (await response.json())["error"]["code"]
-                            self.unavailable[code] = self.unavailable.get(code, 0) + 1
-                        else:
-                            self.errors.append(f"{sender}: {response.status} {answer}")
-                except aiohttp.ClientConnectionError:
-                    self.unavailable["stopped"] = self.unavailable.get("stopped", 0) + 1
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), 1 / RATE_PER_S)
 
 
 @dataclass(frozen=True)

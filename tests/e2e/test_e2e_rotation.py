@@ -69,11 +69,17 @@ async def caseworker_tokens(federation: LocalFederation) -> dict[str, str]:
 
 @dataclass
 class Traffic:
-    """Inquiries from every city to both others through the case API, ``RATE_PER_S`` each."""
+    """Inquiries from every city to both others through the case API, ``RATE_PER_S`` each.
+
+    Refusals by a node that cannot take them now (503: revoked key, peer's keys not fetched yet)
+    and a stopped node are counted in ``unavailable``, other answers in ``errors``: a test says
+    which of them it allows.
+    """
 
     federation: LocalFederation
     tokens: dict[str, str]
     opened: dict[tuple[str, str], int] = field(default_factory=dict)
+    unavailable: dict[str, int] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -104,11 +110,18 @@ class Traffic:
         headers = {"Authorization": f"Bearer {self.tokens[sender]}"}
         async with aiohttp.ClientSession() as session:
             while not self._stop.is_set():
-                async with session.post(url, json=body, headers=headers) as response:
-                    if response.status == 201:
-                        self.opened[sender, recipient] += 1
-                    else:
-                        self.errors.append(f"{sender}: {response.status} {await response.text()}")
+                try:
+                    async with session.post(url, json=body, headers=headers) as response:
+                        answer = await response.text()
+                        if response.status == 201:
+                            self.opened[sender, recipient] += 1
+                        elif response.status == 503:
+                            code = (await response.json())["error"]["code"]
+                            self.unavailable[code] = self.unavailable.get(code, 0) + 1
+                        else:
+                            self.errors.append(f"{sender}: {response.status} {answer}")
+                except aiohttp.ClientConnectionError:
+                    self.unavailable["stopped"] = self.unavailable.get("stopped", 0) + 1
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), 1 / RATE_PER_S)
 
@@ -233,6 +246,7 @@ async def test_every_key_kind_rotated_at_every_node_under_traffic_loses_and_refu
 
     try:
         assert traffic.errors == []
+        assert traffic.unavailable == {}  # no node refused or was away
         for sender in CITIES:
             for recipient in peers_of(sender):
                 sent = await tables[sender].outbox(recipient)
