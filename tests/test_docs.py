@@ -44,3 +44,13 @@ def test_readme_links_only_files_that_exist() -> None:
     links = re.findall(r"\]\(([^)#:]+)\)", readme)
     missing = [link for link in links if not (ROOT / link).exists()]
     assert missing == []
+
+
+def test_every_make_target_the_readme_and_developers_guide_name_exists() -> None:
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    targets = set(re.findall(r"^([a-z][a-z-]*):", makefile, re.M))
+    named = set()
+    for doc in ("README.md", "DEVELOPERS.md"):
+        named |= set(re.findall(r"`make ([a-z][a-z-]*)", (ROOT / doc).read_text(encoding="utf-8")))
+    assert {"demo", "test"} <= named
+    assert named - targets == set()
