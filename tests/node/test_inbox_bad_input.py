@@ -23,8 +23,7 @@ import contextlib
 import datetime
 import logging
 import ssl
-from collections.abc import AsyncIterator, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
 import aiohttp
 import msgspec
@@ -37,10 +36,8 @@ from node_fixtures import (
     Stored,
     case_state,
     client_ssl,
-    copy_federation,
     error_code,
     federation_listener,
-    federation_template,
     forge,
     header_of,
     inbox_processor,
@@ -73,18 +70,6 @@ from protocol.sealing import verify_receipt
 
 RECEIVER = "goteborg"
 PEER = "stockholm"
-
-
-@pytest.fixture(scope="session")
-def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return federation_template(tmp_path_factory)
-
-
-@pytest.fixture
-async def fed(template: Path, tmp_path: Path) -> AsyncIterator[Federation]:
-    federation = copy_federation(template, tmp_path / "fed")
-    yield federation
-    await federation.close()
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -23,11 +22,9 @@ from node_fixtures import (
     Federation,
     accept,
     closure,
-    copy_federation,
     decline,
     deliver_outbox,
     federation_listener,
-    federation_template,
     fresh_federation,
     inbox_processor,
     inquiry,
@@ -61,18 +58,6 @@ from protocol.messages import ClosureReason, Referral
 HOME = "stockholm"
 RECEIVING = "goteborg"
 THIRD = "malmo"
-
-
-@pytest.fixture(scope="session")
-def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return federation_template(tmp_path_factory)
-
-
-@pytest.fixture
-async def fed(template: Path, tmp_path: Path) -> AsyncIterator[Federation]:
-    federation = copy_federation(template, tmp_path / "fed")
-    yield federation
-    await federation.close()
 
 
 @pytest.fixture

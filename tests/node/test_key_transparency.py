@@ -26,9 +26,7 @@ from aiohttp import web
 from node_fixtures import (
     SECRET,
     Federation,
-    copy_federation,
     error_code,
-    federation_template,
     fresh_federation,
     serving,
     tls_session,
@@ -49,20 +47,6 @@ from protocol.errors import ErrorCode, RemoteProtocolError
 from protocol.keylog import EntryKind, KeyLog
 
 STOCKHOLM, GOTEBORG, MALMO = "stockholm", "goteborg", "malmo"
-
-
-@pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return federation_template(tmp_path_factory)
-
-
-@pytest.fixture
-async def fed(template: Path, tmp_path: Path) -> AsyncIterator[Federation]:
-    federation = copy_federation(template, tmp_path / "fed")
-    try:
-        yield federation
-    finally:
-        await federation.close()
 
 
 @dataclass

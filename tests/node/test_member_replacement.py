@@ -11,7 +11,6 @@ revoke`` and ``keys replace`` a running Malmö signs nothing with its revoked ke
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,9 +20,7 @@ from node_fixtures import (
     UNITS,
     Federation,
     accept,
-    copy_federation,
     deliver_outbox,
-    federation_template,
     inbox_processor,
     inquiry,
     new_case_id,
@@ -60,20 +57,6 @@ from protocol.errors import ErrorCode
 from protocol.keys import public_bytes
 
 STOCKHOLM, GOTEBORG, MALMO = "stockholm", "goteborg", "malmo"
-
-
-@pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return federation_template(tmp_path_factory)
-
-
-@pytest.fixture
-async def fed(template: Path, tmp_path: Path) -> AsyncIterator[Federation]:
-    federation = copy_federation(template, tmp_path / "fed")
-    try:
-        yield federation
-    finally:
-        await federation.close()
 
 
 async def exchange_checkpoints(client: Node, server: Node) -> None:
