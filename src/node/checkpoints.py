@@ -7,7 +7,13 @@ Owns the node side of ``POST /federation/v1/checkpoints`` (``protocol.checkpoint
   (:meth:`CheckpointWitness.exchange`). Every node therefore holds each peer's checkpoints as
   the peer showed them *and* as every other peer saw them (relayed countersignatures).
 * :func:`gossip` runs the exchange with every peer from ``serve``: shortly after the start, then
-  every ``every_s`` seconds (sooner after a failed round).
+  every ``every_s`` seconds (sooner after a failed round). When a peer's checkpoint shows its log
+  grew, the node fetches the log itself (``POST /federation/v1/keylogs``,
+  :meth:`CheckpointWitness.fetch_log`), keeps it, and compares every checkpoint of that peer it
+  holds with it: a smaller checkpoint the log does not pass through is an alarm as well, with
+  the entries that show it in the proof. The kept logs are served back on request
+  (:meth:`CheckpointWitness.serve_log`): a node restored from a backup takes back from them the
+  entries of its own log it lost (``node.key_recovery``).
 * A checkpoint that conflicts with one kept (same city and size, another head) stores the proof
   (``node.storage.checkpoint_store``), logs one warning naming the city and the size, and sets
   ``citynode_keylog_equivocations{city}``. ``keys show`` reads :func:`transparency_status`.
@@ -37,11 +43,16 @@ from node.storage.checkpoint_store import CheckpointStore
 from node.storage.database import StorageConflict
 from protocol.checkpoint_exchange import (
     VerifiedOffer,
+    decode_log_request,
+    encode_log_copy,
+    encode_log_request,
     encode_offer,
     encode_reply,
+    verify_log_copy,
     verify_offer,
     verify_reply,
 )
+from protocol.equivocation import detect_equivocation
 from protocol.errors import ProtocolError
 from protocol.keylog import (
     Countersignature,
@@ -64,6 +75,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 CHECKPOINTS_PATH: Final = API_PREFIX + "/checkpoints"
+KEYLOGS_PATH: Final = API_PREFIX + "/keylogs"
 EXCHANGE_S: Final = 10.0
 RETRY_S: Final = 2.0
 
@@ -153,6 +165,55 @@ class CheckpointWitness:
         await self._witness(peer, reply.offer)
         await self._countersign(reply.offer.checkpoint)
 
+    async def serve_log(self, peer: str, body: bytes) -> bytes:
+        """Answer a request for a city's log (the ``/federation/v1/keylogs`` handler).
+
+        Our own log comes with a fresh checkpoint of it; a peer's, as kept, with the checkpoint
+        of that city that vouches for it; a city we hold no log of gets an empty copy.
+
+        Raises:
+            DecodeError: the request is not a city name.
+        """
+        city = decode_log_request(body)
+        if city == self.city:
+            log = await self.log_for(peer)
+            now = int(self.clock())
+            return encode_log_copy(sign_checkpoint(log, self.city, now, self.identity(now)), log)
+        kept = await self.store.log_copy(city)
+        if kept is None:
+            return encode_log_copy(None, KeyLog())
+        return encode_log_copy(*kept)
+
+    async def fetch_log(self, peer: str, post: Post) -> KeyLog | None:
+        """Fetch ``peer``'s log when we hold a checkpoint of it larger than the log we keep, and
+        compare every checkpoint of ``peer`` we hold with it, whatever its size.
+
+        Returns:
+            The log fetched and kept, or ``None`` when none was needed or it was not newer.
+
+        Raises:
+            NodeError: the peer cannot be reached or refused (``PeerUnavailable``).
+            DecodeError, KeyLogBroken, RemoteProtocolError: the copy does not verify (nothing
+                is kept).
+        """
+        latest = (await self.store.latest_checkpoints()).get(peer)
+        if latest is None or latest[0] <= await self.store.held_log_size(peer):
+            return None
+        found = verify_log_copy(
+            await post(peer, encode_log_request(peer)), peer, self.keyring(), limits=self.limits
+        )
+        if found is None:
+            return None
+        checkpoint, log = found
+        await self._witness_checkpoint(checkpoint, peer)
+        for older in await self.store.checkpoints_of(peer):
+            if older.size >= log.size:
+                continue
+            proof = detect_equivocation(older, checkpoint, log)
+            if proof is not None and await self.store.record_proof(proof, older.size, peer):
+                await self._alarm(older, peer)
+        return log if await self.store.keep_log(checkpoint, log, peer) else None
+
     async def _countersign(self, checkpoint: VerifiedCheckpoint) -> Countersignature:
         now = int(self.clock())
         made = countersign(checkpoint, self.city, now, self.identity(now))
@@ -172,14 +233,17 @@ class CheckpointWitness:
         for checkpoint in offer.checkpoints():
             if checkpoint.city == self.city:
                 await self._check_own(checkpoint, peer)
-                continue
-            try:
-                proof = await self.store.record_checkpoint(checkpoint, peer)
-            except StorageConflict:
-                logger.debug("keys [%s] checkpoint stored concurrently", peer)
-                continue
-            if proof is not None:
-                await self._alarm(checkpoint, peer)
+            else:
+                await self._witness_checkpoint(checkpoint, peer)
+
+    async def _witness_checkpoint(self, checkpoint: VerifiedCheckpoint, peer: str) -> None:
+        try:
+            proof = await self.store.record_checkpoint(checkpoint, peer)
+        except StorageConflict:
+            logger.debug("keys [%s] checkpoint stored concurrently", peer)
+            return
+        if proof is not None:
+            await self._alarm(checkpoint, peer)
 
     async def _check_own(self, checkpoint: VerifiedCheckpoint, peer: str) -> None:
         """A checkpoint of our own city that a peer saw must be of our log: if not, someone
@@ -233,11 +297,14 @@ async def gossip(
     post: Post,
     peers: Callable[[], Sequence[str]],
     *,
+    fetch: Post | None = None,
     every_s: float = EXCHANGE_S,
     retry_s: float = RETRY_S,
 ) -> None:
     """Exchange checkpoints with every peer, ``retry_s`` after the start, then every ``every_s``
-    seconds (``retry_s`` after a round in which a peer could not be reached)."""
+    seconds (``retry_s`` after a round in which a peer could not be reached); after each
+    exchange, fetch the peer's log through ``fetch`` (``/federation/v1/keylogs``) when its
+    checkpoint shows it grew."""
     await refresh_alarm_metric(witness.store, witness.metrics)
     await asyncio.sleep(retry_s)
     while True:
@@ -245,6 +312,8 @@ async def gossip(
         for peer in list(peers()):
             try:
                 await witness.exchange(peer, post)
+                if fetch is not None:
+                    await witness.fetch_log(peer, fetch)
             except (NodeError, ProtocolError) as e:
                 failed = True
                 logger.debug("keys [%s] checkpoint exchange failed: %s", peer, e.code)

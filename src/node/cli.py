@@ -18,10 +18,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from node.cli_backup import register_backup
 from node.cli_demo import register as register_demo
 from node.cli_keys import register as register_keys
 from node.cli_membership import register as register_membership
 from node.cli_report import register as register_report
+from node.cli_resend import register_resend
 from node.cli_support import add_common, config_of, emit
 from node.cli_users import register as register_users
 from node.errors import NodeError
@@ -163,10 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
     status = outbox_sub.add_parser("status", help="messages per peer and delivery state")
     add_common(status)
     status.set_defaults(handler=_cmd_outbox_status)
+    register_resend(outbox_sub)
 
     register_membership(sub)
     register_users(sub)
     register_report(sub)
+    register_backup(sub)
     register_demo(sub)
     return parser
 

@@ -36,12 +36,13 @@ grew), indexes its keystore again and pushes its new bundle to every peer.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import dataclasses
 import datetime
 from typing import Any
 
 from node.checkpoints import transparency_status
-from node.cli_support import add_common, emit, with_node
+from node.cli_support import add_common, config_of, emit, with_node
 from node.errors import NodeError
 from node.key_replacement import replace_compromised_keys
 from node.own_keys import (
@@ -51,6 +52,7 @@ from node.own_keys import (
     encryption_windows,
 )
 from node.rotation import bundle_tls_pins
+from node.secrets_source import read_operator_secret
 from node.service import IDENTITY_SWITCH_S, Node
 from node.storage.checkpoint_store import CheckpointStore
 from protocol.keylog import EntryKind, KeyLog
@@ -240,6 +242,31 @@ def _cmd_replace(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_recover(args: argparse.Namespace) -> int:
+    """Take back from the peers the key-log entries a restored node lost; replace lost keys."""
+    from node.key_recovery import recover_keys  # noqa: PLC0415 (it needs node.backup)
+
+    config = config_of(args)
+    secret = read_operator_secret(secret_file=args.secret_file)
+    recovery = asyncio.run(recover_keys(config, secret))
+    doc = dataclasses.asdict(recovery)
+    text = (
+        f"key log: restored {recovery.restored_size} entries, {recovery.taken_back} taken back"
+        + (f" from {recovery.source}" if recovery.source else "")
+        + f" (now {recovery.size}); copies held by the peers: "
+        + ", ".join(f"{peer} {size}" for peer, size in sorted(recovery.sources.items()))
+        + ("; lost encryption key replaced" if recovery.encryption_replaced else "")
+        + (
+            f"; {recovery.tls_pins_lost} TLS pin(s) of lost certificates, retired when serving"
+            if recovery.tls_pins_lost
+            else ""
+        )
+        + "; the node may serve again"
+    )
+    emit(args, doc, text)
+    return 0
+
+
 def register(sub: Any) -> None:
     """Add ``keys`` and its actions to the ``citynode`` subcommands."""
     keys = sub.add_parser("keys", help="the node's keys")
@@ -272,3 +299,8 @@ def register(sub: Any) -> None:
     add_common(replace)
     replace.add_argument("--yes", action="store_true", help="do it without asking")
     replace.set_defaults(handler=_cmd_replace)
+    recover = keys_sub.add_parser(
+        "recover", help="after a restore: take back the key-log entries lost since the backup"
+    )
+    add_common(recover)
+    recover.set_defaults(handler=_cmd_recover)

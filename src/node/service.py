@@ -38,7 +38,7 @@ from node.errors import NodeError
 from node.federation.tls import (
     pin_of_certificate_pem,
 )
-from node.key_history import KeyHistory
+from node.key_history import KeyHistory, RestorePending
 from node.key_replacement import IdentityRevoked, own_chain
 from node.keystore import Keystore
 from node.metrics import NodeMetrics
@@ -155,14 +155,30 @@ class Node:
 
     @classmethod
     async def open(
-        cls, config: NodeConfig, secret: OperatorSecret, *, clock: Callable[[], float] = time.time
+        cls,
+        config: NodeConfig,
+        secret: OperatorSecret,
+        *,
+        clock: Callable[[], float] = time.time,
+        recovering: bool = False,
     ) -> Node:
         """Unlock the keystore, migrate the database and load the node's state.
 
+        A node restored from a backup opens only to recover (``recovering``, ``keys recover``),
+        and then its key-history log is frozen (``node.key_recovery``).
+
         Raises:
+            RestorePending: the node was restored from a backup and ``keys recover`` has not run.
             KeystoreError: no keystore, wrong secret, unsafe permissions, corrupt key files.
             StorageError: the database cannot be reached or migrated.
         """
+        from node.backup import read_restore_marker  # noqa: PLC0415 (backup opens nodes)
+
+        if not recovering and read_restore_marker(config.data_dir) is not None:
+            raise RestorePending(
+                "this node was restored from a backup: run `citynode keys recover` (runbook 8) "
+                "before anything else"
+            )
         keystore = Keystore.open(config.data_dir, secret, clock=clock)
         db = await Database.connect(config.database.url)
         try:
@@ -185,7 +201,7 @@ class Node:
             inbox=InboxStore(db, vault, clock, limits=limits),
             outbox=OutboxStore(db, clock, limits=limits),
             peers=PeerStore(db),
-            history=KeyHistory(db, limits.protocol),
+            history=KeyHistory(db, limits.protocol, frozen=recovering),
             journal=CaseJournal(db, vault, limits.protocol),
             attachments=AttachmentStore(config.data_dir / "attachments"),
             vault=vault,
@@ -205,9 +221,10 @@ class Node:
         now = int(self.clock())
         log = await self.history.load()
         announced = announced_windows(log)
-        if ensure_next_key(self.keystore, self.config.keys, now, announced):
+        frozen = self.history.frozen  # restored, before keys recover: change nothing
+        if not frozen and ensure_next_key(self.keystore, self.config.keys, now, announced):
             self.own = load_own_keys(self.keystore)
-        if log.size:  # initialised: every key's window is logged once, before peers see it
+        if log.size and not frozen:  # initialised: every key's window is logged once
             changes = pending_announcements(self.own, self.config.keys, announced)
             if changes:
                 log = await self.history.append(changes, now)

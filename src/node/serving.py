@@ -34,7 +34,7 @@ from node.balance_report import BalanceService
 from node.cases.document_fetch import DocumentFetcher
 from node.cases.document_service import DocumentService
 from node.cases.service import CaseService
-from node.checkpoints import CHECKPOINTS_PATH, gossip, witness_for
+from node.checkpoints import CHECKPOINTS_PATH, KEYLOGS_PATH, gossip, witness_for
 from node.errors import NodeError
 from node.federation.client import FederationClient, PeerEndpoint
 from node.federation.server import create_federation_app
@@ -255,7 +255,7 @@ async def serve(node: Node, stop: asyncio.Event, *, balance_every_s: float = BAL
         on_peer_seen=dispatcher.peer_seen,
         attachments=node.attachments,
         attachment_source=node.attachments.source(),
-        exchanges={CHECKPOINTS_PATH: witness.answer},
+        exchanges={CHECKPOINTS_PATH: witness.answer, KEYLOGS_PATH: witness.serve_log},
     )
     runners = [
         web.AppRunner(federation, access_log=None),
@@ -287,6 +287,9 @@ async def serve(node: Node, stop: asyncio.Event, *, balance_every_s: float = BAL
                     witness,
                     lambda peer, body: client.post_exchange(peer, CHECKPOINTS_PATH, body),
                     lambda: list(node.trust().peers),
+                    fetch=lambda peer, body: client.post_exchange(
+                        peer, KEYLOGS_PATH, body, cap=config.limits.protocol.max_keylog_bytes
+                    ),
                 )
             )
         )

@@ -15,6 +15,11 @@ verification. The checkpoints, countersignatures and the equivocation check they
   checkpoint offered (the same bytes). Each failure has its own code; nothing is half-accepted.
 * Unverified wire objects (:class:`CheckpointOffer`, :class:`CheckpointReply`) and verified ones
   (:class:`VerifiedOffer`, :class:`VerifiedReply`) are different types.
+* A **log copy** (``/federation/v1/keylogs``) is a city's whole log as one node holds it, with
+  a checkpoint *signed by that city* vouching for exactly its size and head: a copy verifies only
+  if the chain re-hashes to that head, so a peer relaying it can withhold it but never alter it.
+  Nodes fetch each peer's log to compare checkpoints of different sizes, and a node restored from
+  a backup takes back from its peers the entries of its own log it lost.
 * Pure: keys and times are arguments; nothing here reads a clock, a disk or the network.
 """
 
@@ -27,9 +32,13 @@ from typing import Annotated, Final
 import msgspec
 
 from protocol import codec
-from protocol.errors import ErrorCode, RemoteProtocolError
+from protocol.errors import ErrorCode, KeyLogBroken, RemoteProtocolError
+from protocol.fields import CityName
 from protocol.keylog import (
+    MAX_WIRE_ENTRIES,
     Countersignature,
+    KeyLog,
+    KeyLogEntry,
     Keyring,
     SignedCheckpoint,
     VerifiedCheckpoint,
@@ -223,3 +232,79 @@ def verify_reply(
         )
     offer = _verify_offer(reply.offer, responder, keyring, limits)
     return VerifiedReply(countersignature=countersignature, offer=offer)
+
+
+# --- Log copies (``/federation/v1/keylogs``) -------------------------------------------------
+
+
+class LogCopy(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields=True):
+    """A city's key-history log as one node holds it (unverified).
+
+    Attributes:
+        checkpoint: a checkpoint signed by the log's city that vouches for exactly these
+            entries (its size and head), or ``None`` when the node holds no log of the city.
+        entries: the log's entries, entry 0 first (empty with no checkpoint).
+    """
+
+    checkpoint: SignedCheckpoint | None
+    entries: Annotated[tuple[KeyLogEntry, ...], msgspec.Meta(max_length=MAX_WIRE_ENTRIES)]
+
+
+class _LogRequest(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields=True):
+    city: CityName
+
+
+MAX_LOG_REQUEST_BYTES: Final = 128
+"""Wire ceiling of a log request (a city's name)."""
+
+
+def encode_log_request(city: str) -> bytes:
+    """Encode the request for ``city``'s log: the city's name.
+
+    Raises:
+        LocalProtocolError: ``invalid_field`` (not a city name).
+    """
+    return codec.encode(codec.check(_LogRequest(city), what="key log request"))
+
+
+def decode_log_request(data: bytes) -> str:
+    """Decode a request for a city's log and return the city's name.
+
+    Raises:
+        DecodeError: malformed, oversized or not a city name.
+    """
+    request = codec.decode(
+        data, _LogRequest, max_bytes=MAX_LOG_REQUEST_BYTES, what="key log request"
+    )
+    return request.city
+
+
+def encode_log_copy(checkpoint: SignedCheckpoint | None, log: KeyLog) -> bytes:
+    """Encode the log we hold of a city and the checkpoint that vouches for it."""
+    return codec.encode(LogCopy(checkpoint, log.entries if checkpoint is not None else ()))
+
+
+def verify_log_copy(
+    data: bytes, city: str, keyring: Keyring, *, limits: Limits = DEFAULT_LIMITS
+) -> tuple[VerifiedCheckpoint, KeyLog] | None:
+    """Decode and verify a copy of ``city``'s log sent by a peer.
+
+    Returns:
+        The vouching checkpoint and the log, or ``None`` when the peer holds no log of ``city``.
+
+    Raises:
+        DecodeError: malformed, oversized or wrongly typed.
+        KeyLogBroken: the entries' chain is broken, or they are not the checkpoint's log.
+        RemoteProtocolError: the checkpoint does not verify under ``city``'s keys, or it is
+            another city's (``invalid_field``).
+    """
+    copy = codec.decode(data, LogCopy, max_bytes=limits.max_keylog_bytes, what="key log copy")
+    if copy.checkpoint is None:
+        return None
+    checkpoint = verify_checkpoint(copy.checkpoint, keyring, limits=limits)
+    if checkpoint.city != city:
+        raise RemoteProtocolError(ErrorCode.INVALID_FIELD, "the key log copy is another city's")
+    log = KeyLog.from_entries(copy.entries, limits=limits)
+    if log.size != checkpoint.size or log.head != checkpoint.head:
+        raise KeyLogBroken(min(log.size, checkpoint.size), "key log is not the checkpoint's")
+    return checkpoint, log

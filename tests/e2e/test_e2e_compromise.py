@@ -98,7 +98,7 @@ class Operators:
             elif word in filled:
                 next(words)
                 args += [word, filled[word]]
-            elif word.endswith((".pkg", ".agreement", ".toml")):
+            elif word.endswith((".pkg", ".agreement", ".toml", ".tar")):
                 args.append(str(self.federation.root / ("" if "/" in word else "exchange") / word))
             else:
                 args.append(word)

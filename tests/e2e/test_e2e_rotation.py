@@ -4,7 +4,7 @@ Three ``citynode serve`` processes over mutual TLS on loopback. A case worker at
 inquiries to both other cities through the case API the whole time, while the operators run
 ``citynode keys rotate --kind identity`` (new keys signing 10 s later), then ``--kind
 encryption``, then ``--kind tls``, at the three nodes at once, next to the running nodes (the
-runbook's procedures 4a, 4b and 4d). The test then waits until
+runbook's procedures 4a, 4b and 4e). The test then waits until
 every rotation has fully taken effect — peers seal to each new encryption key, each new identity
 key signs delivered envelopes after its ``effective_from``, each node presents its new TLS
 certificate and has retired the old pin — stops the traffic and checks what the nodes stored:
@@ -84,15 +84,18 @@ class Traffic:
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
-    def start(self) -> None:
-        for sender in CITIES:
-            for recipient in peers_of(sender):
-                self.opened[sender, recipient] = 0
-                self._tasks.append(asyncio.create_task(self._flow(sender, recipient)))
+    def start(self, directions: tuple[tuple[str, str], ...] = ()) -> None:
+        """Start the flows: ``directions`` (sender, recipient), or all six."""
+        every = tuple((s, r) for s in CITIES for r in peers_of(s))
+        for sender, recipient in directions or every:
+            self.opened.setdefault((sender, recipient), 0)
+            self._tasks.append(asyncio.create_task(self._flow(sender, recipient)))
 
     async def stop(self) -> None:
         self._stop.set()
         await asyncio.gather(*self._tasks)
+        self._tasks.clear()
+        self._stop.clear()
 
     async def _flow(self, sender: str, recipient: str) -> None:
         today = datetime.datetime.now(datetime.UTC).date()

@@ -11,7 +11,8 @@ Owns the ``case_messages`` table. Invariants:
   the case, the direction and the message id (purpose ``case.message:<direction>:<id hex>``): a
   database dump reveals only which kinds of message a case exchanged and when; shredding the case
   key erases every body with it.
-* The delivery state shown for a sent message is its outbox row's (joined by message id): queued,
+* The delivery state shown for a sent message is its outbox row's (joined by message id; for a
+  message resent after the peer's restore, its newest receipted row, else its newest): queued,
   sent, receipted, failed or expired; a received message is ``received`` (we stored it, then
   returned our signed receipt).
 """
@@ -25,6 +26,7 @@ from typing import Any, Final
 from sqlalchemy import Row, bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from node.delivery import DeliveryState
 from node.storage.case_store import load_case_key
 from node.storage.database import Database
 from node.storage.schema import CaseMessageRow, OutboxRow
@@ -51,8 +53,12 @@ _CASE_MESSAGES: Final = (
     .where(_MESSAGES.c.case_id == bindparam("k_case_id"))
     .order_by(_MESSAGES.c.seq)
 )
-_DELIVERIES: Final = select(OutboxRow.message_id, OutboxRow.state, OutboxRow.receipted_at).where(
-    OutboxRow.message_id.in_(bindparam("k_ids", expanding=True))
+# A message resent after the peer's restore (``node.resend``) has several rows: the last one read
+# wins, so its newest receipted envelope gives its delivery, else its newest envelope.
+_DELIVERIES: Final = (
+    select(OutboxRow.message_id, OutboxRow.state, OutboxRow.receipted_at)
+    .where(OutboxRow.message_id.in_(bindparam("k_ids", expanding=True)))
+    .order_by(OutboxRow.state == DeliveryState.RECEIPTED.value, OutboxRow.seq)
 )
 
 

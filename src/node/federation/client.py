@@ -271,14 +271,17 @@ class FederationClient:
             peer, "GET", wire.KEYS_PATH, body=None, content_type=None, cap=cap
         )
 
-    async def post_exchange(self, peer: str, path: str, body: bytes) -> bytes:
+    async def post_exchange(
+        self, peer: str, path: str, body: bytes, *, cap: int | None = None
+    ) -> bytes:
         """POST a MessagePack request to one of the peer's exchanges (``server.PeerExchange``,
-        e.g. the key-log checkpoints); the reply is at most ``max_document_bytes``, unverified.
+        e.g. the key-log checkpoints); the reply is at most ``cap`` bytes (default
+        ``max_document_bytes``; a key log's ``max_keylog_bytes``), unverified.
 
         Raises:
             PeerUnavailable: as for :meth:`deliver`.
         """
-        cap = self._limits.protocol.max_document_bytes
+        cap = cap or self._limits.protocol.max_document_bytes
         return await self._exchange(
             peer, "POST", path, body=body, content_type=wire.MSGPACK, cap=cap
         )

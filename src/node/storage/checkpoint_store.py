@@ -1,7 +1,7 @@
 """Key transparency at rest: peers' checkpoints, countersignatures and equivocation proofs.
 
-Owns the ``keylog_checkpoints``, ``keylog_countersignatures`` and ``keylog_equivocations``
-tables. Invariants:
+Owns the ``keylog_checkpoints``, ``keylog_countersignatures``, ``keylog_equivocations`` and
+``peer_keylogs`` tables. Invariants:
 
 * Only verified objects come in (the caller verified them with ``protocol.checkpoint_exchange``);
   each is stored as the exact bytes received, so what is kept is what was signed.
@@ -11,6 +11,8 @@ tables. Invariants:
   the first proof found stays the evidence.
 * Bounded: at most :data:`HEADS_KEPT` heads per city and size, of checkpoints and of each
   witness's countersignatures, and sizes are bounded by ``max_keylog_entries``.
+* A city's log is kept only with a stored checkpoint of that city vouching for exactly its size
+  and head, and only a longer log replaces it.
 * Public key material only: city names, sizes, hashes, signatures and times.
 """
 
@@ -27,12 +29,15 @@ from node.storage.schema import (
     KeylogCheckpointRow,
     KeylogCountersignatureRow,
     KeylogEquivocationRow,
+    PeerKeylogRow,
 )
 from protocol import codec
 from protocol.equivocation import EquivocationProof, detect_equivocation
 from protocol.keylog import (
     MAX_CHECKPOINT_BYTES,
     Checkpoint,
+    KeyLog,
+    KeyLogEntry,
     SignedCheckpoint,
     VerifiedCheckpoint,
     VerifiedCountersignature,
@@ -264,3 +269,84 @@ class CheckpointStore:
                 )
             ).all()
         return [Alarm(r.city, r.size, r.proof, r.reported_by, r.detected_at) for r in rows]
+
+    async def checkpoints_of(self, city: str) -> list[VerifiedCheckpoint]:
+        """Every stored checkpoint of ``city``, smallest size first."""
+        async with self._db.reading() as s:
+            rows = (
+                await s.scalars(
+                    select(KeylogCheckpointRow.signed)
+                    .where(KeylogCheckpointRow.city == city)
+                    .order_by(KeylogCheckpointRow.size)
+                )
+            ).all()
+        return [_stored_checkpoint(signed) for signed in rows]
+
+    async def held_log_size(self, city: str) -> int:
+        """The size of the log of ``city`` kept (0 when none is)."""
+        async with self._db.reading() as s:
+            size = await s.scalar(select(PeerKeylogRow.size).where(PeerKeylogRow.city == city))
+        return int(size or 0)
+
+    async def log_copy(self, city: str) -> tuple[SignedCheckpoint, KeyLog] | None:
+        """The log of ``city`` kept and the stored checkpoint that vouches for it, if any."""
+        async with self._db.reading() as s:
+            row = await s.get(PeerKeylogRow, city)
+            if row is None:
+                return None
+            signed = await s.scalar(
+                select(KeylogCheckpointRow.signed).where(
+                    KeylogCheckpointRow.city == city,
+                    KeylogCheckpointRow.size == row.size,
+                    KeylogCheckpointRow.head == row.head,
+                )
+            )
+            data = row.log
+        if signed is None:  # pragma: no cover - keep_log stores only vouched logs
+            return None
+        entries = codec.decode(
+            data, tuple[KeyLogEntry, ...], max_bytes=len(data), what="stored key log"
+        )
+        return _stored_checkpoint(signed).signed, KeyLog(entries)
+
+    async def keep_log(self, checkpoint: VerifiedCheckpoint, log: KeyLog, source: str) -> bool:
+        """Keep ``log`` as the city's log if it is longer than the one kept.
+
+        The caller verified that ``checkpoint`` (stored before, by :meth:`record_checkpoint`)
+        vouches for exactly ``log``.
+
+        Returns:
+            True if it replaced the kept log (or none was kept).
+        """
+        now = self._clock()
+        async with self._db.transaction() as s:
+            row = await s.get(PeerKeylogRow, checkpoint.city)
+            if row is not None and row.size >= log.size:
+                return False
+            if row is None:
+                row = PeerKeylogRow(city=checkpoint.city)
+                s.add(row)
+            row.size, row.head, row.log = log.size, log.head, codec.encode(log.entries)
+            row.source, row.fetched_at = source, now
+        return True
+
+    async def record_proof(self, proof: EquivocationProof, size: int, source: str) -> bool:
+        """Keep a proof found by comparing checkpoints of different sizes through a fetched log.
+
+        Returns:
+            True if it is new (none was kept for that city and size).
+        """
+        city = _stored_checkpoint(codec.encode(proof.first)).city
+        async with self._db.transaction() as s:
+            if await s.get(KeylogEquivocationRow, (city, size)) is not None:
+                return False
+            s.add(
+                KeylogEquivocationRow(
+                    city=city,
+                    size=size,
+                    proof=codec.encode(proof),
+                    reported_by=source,
+                    detected_at=self._clock(),
+                )
+            )
+        return True

@@ -13,6 +13,10 @@ Invariants:
   receipt, once stored, is final; it is stored even for an envelope that expired meanwhile.
 * Nothing is deleted: receipts are evidence, and failed or expired envelopes stay visible
   (``citynode outbox status``) until an operator deals with them.
+* A message id is unique among the envelopes in flight (``queued``/``sent``), not for ever: a
+  message re-sealed after the peer lost it (``citynode outbox resend``, :mod:`node.resend`) is
+  a new row under the same id, beside its earlier rows and their receipts. Look-ups by message
+  id answer with its newest receipted row, else its newest (:data:`_DELIVERY_FIRST`).
 * The queue is bounded: :meth:`OutboxStore.enqueue` refuses with :class:`OutboxFull` when a peer
   already has ``max_queue_length`` undelivered envelopes, so a caller can answer 503 before it
   commits anything. (On PostgreSQL, concurrent enqueues at the very limit may overshoot it by the
@@ -98,6 +102,11 @@ _COUNT_UNDELIVERED: Final = (
     .where(_OUTBOX.c.peer == bindparam("k_peer"), _OUTBOX.c.state.in_(UNDELIVERED))
 )
 _ENQUEUE: Final = insert(_OUTBOX).returning(_OUTBOX.c.seq, sort_by_parameter_order=True)
+_DELIVERY_FIRST: Final = (
+    (_OUTBOX.c.state == DeliveryState.RECEIPTED.value).desc(),
+    _OUTBOX.c.seq.desc(),
+)
+"""Which envelope of a message id answers for it: its newest receipted one, else its newest."""
 
 
 class OutboxFull(Overloaded):
@@ -216,8 +225,8 @@ class OutboxStore:
 
         Raises:
             OutboxFull: ``peer`` already has ``max_queue_length`` undelivered envelopes.
-            StorageConflict: an envelope with this message id is already queued (own
-                transaction; in a joined one, the caller's transaction fails with it).
+            StorageConflict: an envelope with this message id is already in flight (queued or
+                sent; own transaction; in a joined one, the caller's transaction fails with it).
             StorageError: the database failed.
         """
         item = NewEnvelope(peer, case_id, message_id, message_type, envelope)
@@ -243,7 +252,7 @@ class OutboxStore:
 
         Raises:
             OutboxFull: a peer's queue cannot take its share of ``items``; none is queued.
-            StorageConflict: a message id is already queued.
+            StorageConflict: a message id is already in flight (queued or sent).
             StorageError: the database failed.
         """
         if not items:
@@ -445,17 +454,25 @@ class OutboxStore:
         ]
 
     async def state_of(self, message_id: bytes) -> DeliveryState | None:
-        """Return the delivery state of the envelope with this message id, or ``None``."""
+        """Return the delivery state of a message (see :data:`_DELIVERY_FIRST`), or ``None``."""
         async with self._db.reading() as s:
             state = await s.scalar(
-                select(OutboxRow.state).where(OutboxRow.message_id == message_id)
+                select(OutboxRow.state)
+                .where(OutboxRow.message_id == message_id)
+                .order_by(*_DELIVERY_FIRST)
+                .limit(1)
             )
         return None if state is None else DeliveryState(state)
 
     async def entry(self, message_id: bytes) -> OutboxEntry | None:
-        """Return the whole delivery record of the envelope with this message id, or ``None``."""
+        """Return the delivery record of a message (see :data:`_DELIVERY_FIRST`), or ``None``."""
         async with self._db.reading() as s:
-            row = await s.scalar(select(OutboxRow).where(OutboxRow.message_id == message_id))
+            row = await s.scalar(
+                select(OutboxRow)
+                .where(OutboxRow.message_id == message_id)
+                .order_by(*_DELIVERY_FIRST)
+                .limit(1)
+            )
             return None if row is None else _entry(row)
 
     async def pending_peers(self) -> list[str]:

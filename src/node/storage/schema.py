@@ -14,9 +14,9 @@ Conventions (every table):
 * Enumerations are short strings with a ``CHECK`` constraint, never database enum types, so the
   same migrations run on both backends.
 * Constraint and index names follow :data:`NAMING_CONVENTION`, so migrations can name them.
-* Rows written in batches have a client-side unique column marked ``insert_sentinel`` (the
-  message id): SQLAlchemy then inserts a whole batch with one ``INSERT ... RETURNING`` on SQLite
-  too, instead of one statement per row. It changes no DDL.
+* Rows written in batches have a client-side column, unique within a batch, marked
+  ``insert_sentinel`` (the message id): SQLAlchemy then inserts a whole batch with one
+  ``INSERT ... RETURNING`` on SQLite too, instead of one statement per row. It changes no DDL.
 
 What is sensitive, and where it lives: the identity of a person (``cases.sealed_identity``) and the
 content of every received message (``inbox.payload``) and of every case message sent or
@@ -46,6 +46,7 @@ from sqlalchemy import (
     String,
     UniqueConstraint,
     false,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -80,6 +81,7 @@ def _one_of(column: str, values: list[str]) -> str:
 
 
 DELIVERY_STATES: Final = [state.value for state in DeliveryState]
+_IN_FLIGHT: Final = "state IN ('queued', 'sent')"  # undelivered: see OutboxRow
 CASE_STATES: Final = [state.value for state in CaseState]
 ROLES: Final = [role.value for role in Role]
 DIRECTIONS: Final = [direction.value for direction in Direction]
@@ -92,11 +94,22 @@ class Base(DeclarativeBase):
 
 
 class OutboxRow(Base):
-    """One sealed envelope to send: the global FIFO queue, and the evidence once receipted."""
+    """One sealed envelope to send: the global FIFO queue, and the evidence once receipted.
+
+    A message id is unique among the envelopes in flight (``queued`` or ``sent``) only: a message
+    resent after the peer's restore (``node.resend``) has a new row beside its earlier ones.
+    """
 
     __tablename__ = "outbox"
     __table_args__ = (
         Index("ix_outbox_peer_state_seq", "peer", "state", "seq"),
+        Index(
+            "uq_outbox_message_id_in_flight",
+            "message_id",
+            unique=True,
+            sqlite_where=text(_IN_FLIGHT),
+            postgresql_where=text(_IN_FLIGHT),
+        ),
         CheckConstraint(_one_of("state", DELIVERY_STATES), name="state"),
         CheckConstraint("attempts >= 0", name="attempts"),
         {"sqlite_autoincrement": True},
@@ -106,7 +119,7 @@ class OutboxRow(Base):
     peer: Mapped[str] = mapped_column(String(NAME_CHARS))
     case_id: Mapped[bytes | None] = mapped_column(LargeBinary(ID_BYTES), index=True)
     message_id: Mapped[bytes] = mapped_column(
-        LargeBinary(ID_BYTES), unique=True, insert_sentinel=True
+        LargeBinary(ID_BYTES), index=True, insert_sentinel=True
     )
     message_type: Mapped[str] = mapped_column(String(TYPE_CHARS))
     envelope: Mapped[bytes] = mapped_column(LargeBinary)
@@ -443,3 +456,26 @@ class KeylogEquivocationRow(Base):
     proof: Mapped[bytes] = mapped_column(LargeBinary)
     reported_by: Mapped[str] = mapped_column(String(NAME_CHARS))
     detected_at: Mapped[float] = mapped_column(Double)
+
+
+# --- Revision 0008: peers' key-history logs (log fetch; restore of a node's own log) ----------
+
+
+class PeerKeylogRow(Base):
+    """The longest key-history log of a city this node fetched and checked (``node.checkpoints``).
+
+    ``log`` is the exact encoded entry array received (``protocol.keylog.decode_log``), kept only
+    when a signed checkpoint of ``city`` vouches for exactly ``(size, head)``: every stored
+    checkpoint of the city is then compared with it, whatever its size. It is also what a city
+    restored from a backup asks its peers for, to take back the entries it lost. Public key
+    material only.
+    """
+
+    __tablename__ = "peer_keylogs"
+
+    city: Mapped[str] = mapped_column(String(NAME_CHARS), primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    head: Mapped[bytes] = mapped_column(LargeBinary(HASH_BYTES))
+    log: Mapped[bytes] = mapped_column(LargeBinary)
+    source: Mapped[str] = mapped_column(String(NAME_CHARS))
+    fetched_at: Mapped[float] = mapped_column(Double)
