@@ -28,10 +28,10 @@ from typing import Any
 
 import aiohttp
 import pytest
-from e2e_support import UNITS, wait_until
+from e2e_support import wait_until
 from sqlalchemy import text
 from test_e2e_compromise import Operators, procedure
-from test_e2e_rotation import CITIES, Traffic, caseworker_tokens, header
+from test_e2e_rotation import CITIES, Traffic, caseworker_tokens, header, inquiry
 
 from node.localnet import LocalFederation, LocalNetError
 from node.storage.database import Database
@@ -137,17 +137,7 @@ async def undelivered(federation: LocalFederation, sender: str, peer: str) -> in
 
 async def open_case(federation: LocalFederation, token: str, sender: str, recipient: str) -> bytes:
     """One inquiry through the case API; its case id."""
-    today = datetime.datetime.now(datetime.UTC).date()
-    body = {
-        "to_city": recipient,
-        "to_unit": UNITS[recipient],
-        "threat_level": "moderate",
-        "police_consulted_on": (today - datetime.timedelta(days=7)).isoformat(),
-        "consent": True,
-        "needs": ["housing"],
-        "summary": "Behöver boende (testärende efter säkerhetskopian).",
-        "wished_start": (today + datetime.timedelta(days=30)).isoformat(),
-    }
+    body = inquiry(recipient, "Behöver boende (testärende efter säkerhetskopian).")
     url = f"{federation.api_url(sender)}/api/v1/cases"
     headers = {"Authorization": f"Bearer {token}"}
     async with (

@@ -67,6 +67,23 @@ async def caseworker_tokens(federation: LocalFederation) -> dict[str, str]:
     return tokens
 
 
+def inquiry(
+    recipient: str, summary: str = "Behöver boende och stöd (testärende)."
+) -> dict[str, Any]:
+    """The case API body of an inquiry to ``recipient``'s unit, dated today."""
+    today = datetime.datetime.now(datetime.UTC).date()
+    return {
+        "to_city": recipient,
+        "to_unit": UNITS[recipient],
+        "threat_level": "moderate",
+        "police_consulted_on": (today - datetime.timedelta(days=7)).isoformat(),
+        "consent": True,
+        "needs": ["housing", "treatment"],
+        "summary": summary,
+        "wished_start": (today + datetime.timedelta(days=30)).isoformat(),
+    }
+
+
 @dataclass
 class Traffic:
     """Inquiries from every city to both others through the case API, ``RATE_PER_S`` each.
@@ -98,17 +115,7 @@ class Traffic:
         self._stop.clear()
 
     async def _flow(self, sender: str, recipient: str) -> None:
-        today = datetime.datetime.now(datetime.UTC).date()
-        body = {
-            "to_city": recipient,
-            "to_unit": UNITS[recipient],
-            "threat_level": "moderate",
-            "police_consulted_on": (today - datetime.timedelta(days=7)).isoformat(),
-            "consent": True,
-            "needs": ["housing", "treatment"],
-            "summary": "Behöver boende och stöd i öppenvård (testärende).",
-            "wished_start": (today + datetime.timedelta(days=30)).isoformat(),
-        }
+        body = inquiry(recipient)
         url = f"{self.federation.api_url(sender)}/api/v1/cases"
         headers = {"Authorization": f"Bearer {self.tokens[sender]}"}
         async with aiohttp.ClientSession() as session:
