@@ -20,8 +20,9 @@ Owns :class:`Resender` (plan, then queue) and :func:`parse_since`. Invariants:
 * **Original order.** Messages are queued in the order of their first outbox row since the time,
   so each case's messages reach the peer in the order they were first sent. The plan and the
   queueing are separate reads; the write checks, in its transaction, that no row was queued for
-  the peer meanwhile (:class:`ResendRaced`: nothing is queued, run it again), so no newer
-  message can slip in before the resent ones.
+  the peer meanwhile in any case being resent (:class:`ResendRaced`: nothing is queued, run it
+  again), so no newer message of such a case can slip in before the resent ones. Messages of
+  other cases, queued by a serving node meanwhile, do not matter to the order.
 * **The case is not moved again.** Nothing is journaled and no case changes state: the case
   took each message when it was first sent. The receiver's exactly-once record (sender, message
   id) keeps a resend of a message it still holds from being processed twice: it answers
@@ -269,7 +270,8 @@ class Resender:
             Where each was queued, in order (empty when the plan queues nothing).
 
         Raises:
-            ResendRaced: a row was queued for the peer since the plan (nothing queued).
+            ResendRaced: a row of a case being resent was queued for the peer since the plan
+                (nothing queued).
             UnknownPeer: the peer's key bundle is gone.
             OutboxFull: the peer's outbox cannot take them all (nothing queued).
             StorageConflict: a concurrent resend queued one of them first (nothing queued).
@@ -284,12 +286,16 @@ class Resender:
             newer = await session.scalar(
                 select(func.count())
                 .select_from(OutboxRow)
-                .where(OutboxRow.peer == plan.peer, OutboxRow.seq > plan.last_seq)
+                .where(
+                    OutboxRow.peer == plan.peer,
+                    OutboxRow.seq > plan.last_seq,
+                    OutboxRow.case_id.in_(cases),
+                )
             )
             if int(newer or 0) != len(plan.to_queue):
                 raise ResendRaced(
-                    f"a message for {plan.peer} was queued meanwhile: nothing was resent, "
-                    "run the command again"
+                    f"a message of a case being resent to {plan.peer} was queued meanwhile: "
+                    "nothing was resent, run the command again"
                 )
             for case_id in cases:  # last: the audit trail's lock is held until the commit
                 await self._audit.record(

@@ -256,15 +256,16 @@ async def test_messages_still_on_their_way_are_skipped_and_a_case_behind_them_is
         )
 
 
-async def test_a_message_queued_between_the_plan_and_the_write_stops_the_resend(
+async def test_a_message_of_a_resent_case_queued_between_plan_and_write_stops_the_resend(
     fed: Federation,
 ) -> None:
     home, peer = await fed.open(HOME), await fed.open(PEER)
     since = fed.clock()
-    await open_case(home, peer, new_case_id(), accepted=False)
+    case_id = new_case_id()
+    await open_case(home, peer, case_id, accepted=False)
     resender = resender_for(home)
     plan = await resender.plan(PEER, since)
-    await send(home, peer, inquiry(new_case_id()))
+    await send(home, peer, withdrawal(case_id, home))  # the case moves on meanwhile
     rows = await home.outbox.queue_length(PEER)
 
     with pytest.raises(ResendRaced) as caught:
@@ -274,6 +275,21 @@ async def test_a_message_queued_between_the_plan_and_the_write_stops_the_resend(
     assert await home.outbox.queue_length(PEER) == rows
     entries = await AuditTrail(home.db, home.clock).entries()
     assert not [e for e in entries if e.action == RESENT]
+
+
+async def test_messages_of_other_cases_queued_meanwhile_do_not_stop_the_resend(
+    fed: Federation,
+) -> None:
+    home, peer = await fed.open(HOME), await fed.open(PEER)
+    since = fed.clock()
+    await open_case(home, peer, new_case_id(), accepted=False)
+    resender = resender_for(home)
+    plan = await resender.plan(PEER, since)
+    await send(home, peer, inquiry(new_case_id()))  # a case worker on another case, meanwhile
+
+    queued = await resender.queue(plan)
+
+    assert len(queued) == len(plan.to_queue) == 1
 
 
 async def test_a_peer_that_is_not_a_member_or_this_node_is_refused(fed: Federation) -> None:
