@@ -70,7 +70,7 @@ from protocol.keys import (
 )
 from protocol.limits import DEFAULT_LIMITS, Limits
 from protocol.messages import MAX_QUOTA, ThreatLevel
-from protocol.signing import Purpose, sign, verify
+from protocol.signing import Purpose, is_valid_public_key, sign, verify
 
 MAX_MEMBERS: Final = 512
 MAX_UNITS: Final = 64
@@ -220,6 +220,8 @@ class AgreementDocument(msgspec.Struct, frozen=True, array_like=True, forbid_unk
             self.eligible_threat_levels,
         )
         member_keys = [member.identity_key for member in self.members]
+        if not all(is_valid_public_key(key) for key in member_keys):
+            raise _invalid("a member's identity_key is not a valid Ed25519 public key")
         if not _unique(member_keys):
             raise _invalid("members must not share an identity key")
         if not _unique(self.revoked_keys) or set(self.revoked_keys) & set(member_keys):

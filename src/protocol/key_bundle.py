@@ -42,7 +42,7 @@ from protocol.keys import (
     public_bytes,
 )
 from protocol.limits import DEFAULT_LIMITS, Limits
-from protocol.signing import Purpose, check_signature, sign
+from protocol.signing import Purpose, check_public_key, check_signature, sign
 
 MAX_BUNDLE_BYTES: Final = 16 * 1024
 
@@ -303,6 +303,9 @@ def verify_bundle(
         raise RemoteProtocolError(
             ErrorCode.UNKNOWN_KEY, "key bundle is not by the expected identity key"
         )
+    check_public_key(
+        bundle.identity_key, what="key bundle identity key", code=ErrorCode.BAD_KEY_BUNDLE
+    )
     check_signature(
         bundle.identity_key, Purpose.KEY_BUNDLE, signed.bundle, signed.signature, what="key bundle"
     )

@@ -8,6 +8,10 @@ succession and revocation). Invariants:
   everywhere (headers, bundles, logs). ``kind`` is one byte: ``0x01`` identity (Ed25519),
   ``0x02`` encryption (X25519).
 * Keys are handled as raw 32-byte public keys in records; private keys never enter a record.
+* An identity key is trusted only if :func:`protocol.signing.is_valid_public_key` accepts it (no
+  small-order, mixed-order or non-canonical point): :func:`identity_key` refuses any other, and
+  every statement that brings a peer's key in (agreement member, key bundle, succession) checks
+  it with its own code before anything is verified under it.
 * A peer's identity keys are known as :class:`VerifyKey` — a public key with the window in which
   its signatures count (``valid_from`` .. ``valid_until``) and, once revoked, the time from which
   they no longer count (``revoked_since``). Times are Unix seconds, passed in by the caller.
@@ -32,6 +36,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from protocol.fields import MAX_I64, CityName, Timestamp
+from protocol.signing import is_valid_public_key
 
 KEY_ID_BYTES: Final = 16
 PUBLIC_KEY_BYTES: Final = 32
@@ -127,7 +132,13 @@ def identity_key(public_key: bytes, valid_from: int = 0) -> VerifyKey:
 
     Returns:
         The record (current: no ``valid_until``, not revoked).
+
+    Raises:
+        LocalProtocolError: ``invalid_field`` for a key that is not a valid Ed25519 public key
+            (:func:`protocol.signing.is_valid_public_key`): nothing would verify under it.
     """
+    if not is_valid_public_key(public_key):
+        raise LocalProtocolError(ErrorCode.INVALID_FIELD, "identity key is not a valid Ed25519 key")
     return VerifyKey(key_id(KeyKind.IDENTITY, public_key), public_key, valid_from)
 
 

@@ -10,8 +10,19 @@ are the exact bytes that travel; nothing is re-encoded before verifying.
 
 Ed25519 is deterministic, so signatures are reproducible in known-answer vectors.
 
+Verification is libsodium's (``crypto_sign_open``), the strict reading of RFC 8032: besides the
+group equation it refuses a non-canonical ``S`` (``S >= L``, as OpenSSL does) and, where OpenSSL
+does not, a small-order ``R`` and a public key that is non-canonical or of small order. Under a
+small-order key OpenSSL accepts signatures anyone can make, so such a key must never be trusted in
+the first place: :func:`is_valid_public_key` (stricter still: a canonical point of the prime-order
+subgroup, which every honestly generated key is) is the one test an identity key passes where it
+enters (an agreement's members, a key bundle's signer, a succession's new key,
+:func:`protocol.keys.identity_key`). Signing stays with ``cryptography``: for such keys both
+libraries make and accept the same RFC 8032 signatures.
+
 :func:`verify` answers yes or no (for counting signatures, as an agreement's threshold does);
-:func:`check_signature` is the one way to refuse what a peer sent over a bad signature.
+:func:`check_signature` is the one way to refuse what a peer sent over a bad signature;
+:func:`check_public_key` the one way to refuse an unusable identity key a peer sent.
 """
 
 from __future__ import annotations
@@ -19,12 +30,14 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Final
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+import nacl.bindings
+import nacl.exceptions
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from protocol.errors import ErrorCode, RemoteProtocolError
 
 SIGNATURE_BYTES: Final = 64
+_PUBLIC_KEY_BYTES: Final = 32
 _PREFIX: Final = b"citynode/v1 "
 
 
@@ -74,15 +87,59 @@ def verify(public_key: bytes, purpose: Purpose, payload: bytes, signature: bytes
     Returns:
         True only if the signature is valid for exactly these bytes and purpose.
     """
-    if len(signature) != SIGNATURE_BYTES or len(public_key) != 32:
+    # The length checks also guard libsodium, which reads exactly 32 key bytes.
+    if len(signature) != SIGNATURE_BYTES or len(public_key) != _PUBLIC_KEY_BYTES:
         return False
     try:
-        Ed25519PublicKey.from_public_bytes(public_key).verify(
-            signature, signing_input(purpose, payload)
+        # crypto_sign_open is crypto_sign_verify_detached (which PyNaCl does not bind) over
+        # signature || message. A libsodium key needs no object: nothing is worth caching per key.
+        nacl.bindings.crypto_sign_open(
+            bytes(signature) + signing_input(purpose, payload), bytes(public_key)
         )
-    except (InvalidSignature, ValueError):
+    except nacl.exceptions.CryptoError:  # BadSignatureError, and its TypeError for odd input
         return False
     return True
+
+
+def is_valid_public_key(public_key: bytes) -> bool:
+    """Tell whether ``public_key`` is an Ed25519 public key a signature can be trusted under.
+
+    True only for the canonical encoding of a point of the prime-order subgroup that is not the
+    identity: every key made by Ed25519 key generation, and none of the small-order, mixed-order
+    or non-canonical encodings that would let others sign for the key or make a signature
+    malleable. Costs about one verification; call it where a key is first trusted, not per message.
+
+    Args:
+        public_key: the raw public key.
+
+    Returns:
+        True if the key may be trusted; never raises.
+    """
+    if not isinstance(public_key, bytes) or len(public_key) != _PUBLIC_KEY_BYTES:
+        return False
+    return nacl.bindings.crypto_core_ed25519_is_valid_point(public_key)
+
+
+def check_public_key(
+    public_key: bytes,
+    *,
+    what: str,
+    code: ErrorCode,
+    rejected: type[RemoteProtocolError] = RemoteProtocolError,
+) -> None:
+    """Refuse an identity public key that :func:`is_valid_public_key` refuses, as the peer's fault.
+
+    Args:
+        public_key: the raw Ed25519 public key received.
+        what: the key's name for the error message ("key bundle's identity key").
+        code: the code of the statement that carried it (``bad_key_bundle``, ``bad_succession``).
+        rejected: the error class to raise.
+
+    Raises:
+        RemoteProtocolError: ``code`` (as ``rejected``).
+    """
+    if not is_valid_public_key(public_key):
+        raise rejected(code, f"{what} is not a valid Ed25519 public key")
 
 
 def check_signature(

@@ -33,7 +33,7 @@ from protocol.keys import (
     public_bytes,
 )
 from protocol.limits import DEFAULT_LIMITS, Limits
-from protocol.signing import Purpose, check_signature, sign
+from protocol.signing import Purpose, check_public_key, check_signature, sign
 
 
 class Succession(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields=True):
@@ -111,6 +111,7 @@ def verify_succession(data: bytes) -> Succession:
     )
     if statement.old_key == statement.new_key:
         raise RemoteProtocolError(ErrorCode.BAD_SUCCESSION, "a key cannot succeed itself")
+    check_public_key(statement.new_key, what="succession new key", code=ErrorCode.BAD_SUCCESSION)
     for key, purpose, signature in (
         (statement.old_key, Purpose.SUCCESSION_OLD, signed.old_signature),
         (statement.new_key, Purpose.SUCCESSION_NEW, signed.new_signature),
