@@ -332,8 +332,7 @@ class UserStore:
         if not isinstance(token, str) or not _TOKEN_FORMAT.fullmatch(token):
             raise Unauthenticated(_REFUSED)
         digest = token_hash(token)
-        async with self._db.reading() as s:
-            found = (await s.execute(_TOKEN_LOOKUP, {"k_digest": digest})).first()
+        found = await self._db.first_row(_TOKEN_LOOKUP, {"k_digest": digest})
         if found is None:
             raise Unauthenticated(_REFUSED)
         stored_hash, expires_at, token_revoked_at, name, role, unit, user_revoked_at = found

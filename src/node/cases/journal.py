@@ -7,6 +7,9 @@ Owns the ``case_messages`` table. Invariants:
   case's timeline, its state and its delivery records never disagree, even across a crash. It
   does not flush: the entry is written with the transaction's next flush (a batch of received
   messages journals with one ``INSERT``), the journal order being the order of the calls.
+* :meth:`CaseJournal.recorded_in` answers a case's entries recorded in the current transaction
+  from what was recorded (the typed messages), without a query or a decryption: the timeline of
+  a case opened by that transaction.
 * The body is the message's exact encoding, sealed under the **case key** by the vault, bound to
   the case, the direction and the message id (purpose ``case.message:<direction>:<id hex>``): a
   database dump reveals only which kinds of message a case exchanged and when; shredding the case
@@ -21,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from sqlalchemy import Row, bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -36,6 +39,7 @@ from protocol.cases import Direction
 from protocol.limits import DEFAULT_LIMITS, Limits
 from protocol.messages import AnyMessage, Message, decode_message, message_type_name
 
+_RECORDED: Final = "citynode.journal_recorded"  # session.info: rows added, with their messages
 RECEIVED: Final = "received"
 """The delivery shown for a message this node received (and receipted)."""
 # Built once (every case view runs them): a case's messages, and its sent messages' delivery.
@@ -60,6 +64,12 @@ _DELIVERIES: Final = (
     .where(OutboxRow.message_id.in_(bindparam("k_ids", expanding=True)))
     .order_by(OutboxRow.state == DeliveryState.RECEIPTED.value, OutboxRow.seq)
 )
+
+
+def _recorded(session: AsyncSession) -> list[tuple[CaseMessageRow, Message]]:
+    """What :meth:`CaseJournal.record` added in this transaction, with the typed messages (a row
+    of a savepoint rolled back since is no longer in the session, and is left out)."""
+    return cast(list[tuple[CaseMessageRow, Message]], session.info.setdefault(_RECORDED, []))
 
 
 def message_purpose(direction: Direction, message_id: bytes) -> str:
@@ -127,16 +137,45 @@ class CaseJournal:
         body = self._vault.seal(
             case_key, case_id, message_purpose(direction, message_id), codec.encode(message)
         )
-        session.add(
-            CaseMessageRow(
-                case_id=case_id,
-                direction=direction.value,
-                message_type=message_type_name(message),
-                message_id=message_id,
-                at=at,
-                body=body,
+        row = CaseMessageRow(
+            case_id=case_id,
+            direction=direction.value,
+            message_type=message_type_name(message),
+            message_id=message_id,
+            at=at,
+            body=body,
+        )
+        session.add(row)  # written with the transaction's next flush, with the other rows
+        _recorded(session).append((row, message))
+
+    @staticmethod
+    async def recorded_in(
+        session: AsyncSession, case_id: bytes, *, delivery: str
+    ) -> Sequence[JournalEntry]:
+        """The entries of a case recorded in this transaction, in order, without a query or a
+        decryption (the typed messages recorded): the timeline of a case the transaction opened.
+
+        Args:
+            session: the transaction that recorded them (flushed here, for their ``seq``).
+            case_id: the case.
+            delivery: the delivery shown for the sent ones (``queued``: the transaction queued
+                them with their outbox rows).
+        """
+        await session.flush()
+        return [
+            JournalEntry(
+                seq=row.seq,
+                direction=Direction(row.direction),
+                message_type=row.message_type,
+                message_id=row.message_id,
+                at=row.at,
+                message=cast(AnyMessage, message),
+                delivery=delivery if row.direction == Direction.SENT.value else RECEIVED,
+                receipted_at=None,
             )
-        )  # written with the transaction's next flush, with the other rows of its batch
+            for row, message in _recorded(session)
+            if row.case_id == case_id and row in session  # not from a rolled-back savepoint
+        ]
 
     async def entries(self, case_id: bytes) -> Sequence[JournalEntry]:
         """Return a case's messages in journal order, decrypted, with their delivery state.

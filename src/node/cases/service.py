@@ -22,6 +22,11 @@ confirms intake, reports and closes; both read their cases. Invariants:
   :class:`node.audit.AuditTrail`: a done action in the very transaction that queues its message
   (``Outgoing.send(also=...)``), a refusal in a transaction of its own after the action's was
   rolled back. Nothing is changed by a refusal.
+* **One commit for several requests.** The transaction that sends an action's message is a
+  grouped unit of work (:mod:`node.storage.write_groups`): on SQLite, requests that queue behind
+  one another share a ``COMMIT``, each still all or nothing, in order, and answered only once it
+  is durable. The view answered for a new case is built inside its transaction from the rows
+  it wrote (the case as committed, its one journal entry ``queued``), without a second read.
 * **Identity** is shown only for a stated purpose (``node.audit.check_purpose``), only to those the
   policy allows, and for a protected identity only to the case workers of the assigned unit;
   every such read and every refused attempt is audited with its purpose before anything is
@@ -61,11 +66,14 @@ from node.cases.records import (
     decode_identity,
     list_summaries,
     load_summary,
+    summary_of,
 )
+from node.delivery import DeliveryState
 from node.errors import NodeError
 from node.outgoing import Outgoing
-from node.storage.case_store import CaseNotFound, CaseStore
+from node.storage.case_store import CaseNotFound, CaseStore, find_case
 from node.storage.database import Database, StorageError
+from node.storage.write_groups import grouped
 from node.trust import TrustState
 from protocol import codec
 from protocol.agreement_rules import check_inquiry, check_quota
@@ -89,6 +97,7 @@ logger = logging.getLogger(__name__)
 
 CASE_ID_BYTES: Final = 16
 OK: Final = "ok"
+QUEUED: Final = DeliveryState.QUEUED.value
 
 _DECISION_EVENTS: Final = {
     Decision.ACCEPT: EventKind.ACCEPT,
@@ -197,13 +206,14 @@ class CaseService:
                     wished_start=command.wished_start,
                 )
             )
-            await self._outgoing.send(
-                command.to_city, inquiry, also=self._audited(principal, "case_open", case_id)
-            )
+            opened: list[views.CaseView] = []
+            also = self._opened(principal, case_id, opened)
+            with grouped():  # one commit with other requests' actions (node.storage.write_groups)
+                await self._outgoing.send(command.to_city, inquiry, also=also)
         except (NodeError, ProtocolError) as e:
             await self._refused(principal, "case_open", None, e)
             raise
-        return await self._view(case_id)
+        return opened[0] if opened else await self._view(case_id)
 
     async def update_inquiry(
         self, principal: Principal, case_id: bytes, command: UpdatedInquiry
@@ -414,7 +424,8 @@ class CaseService:
             next_state(case.role, case.state, CaseEvent.sent(step.kind))
             message = _checked(await step.build(case))
             also = self._audited(principal, step.name, case_id)
-            await self._outgoing.send(case.peer, message, also=also)
+            with grouped():  # one commit with other requests' actions (node.storage.write_groups)
+                await self._outgoing.send(case.peer, message, also=also)
         except (NodeError, ProtocolError) as e:
             await self._refused(principal, step.name, case_id, e)
             raise
@@ -494,6 +505,24 @@ class CaseService:
             withheld = "purpose_required" if case.has_identity else None
             access = views.IdentityAccess(held=case.has_identity, shown=False, withheld=withheld)
         return views.case_view(case, entries, identity=access, person=person)
+
+    def _opened(
+        self, principal: Principal, case_id: bytes, opened: list[views.CaseView]
+    ) -> Callable[[AsyncSession], Awaitable[None]]:
+        """The audit entry of a new case, after its view as the transaction commits it: the
+        case row and the journal entry it wrote (no read afterwards, no decryption)."""
+        audited = self._audited(principal, "case_open", case_id)
+
+        async def view_and_record(session: AsyncSession) -> None:
+            entries = await self._journal.recorded_in(session, case_id, delivery=QUEUED)
+            row = await find_case(session, case_id)
+            if row is not None:
+                case = summary_of(row, self._city)
+                access = views.IdentityAccess(held=case.has_identity, shown=False)
+                opened.append(views.case_view(case, entries, identity=access, person=None))
+            await audited(session)  # last (node.audit: the audit lock is held to the commit)
+
+        return view_and_record
 
     def _audited(
         self, principal: Principal, action: str, case_id: bytes

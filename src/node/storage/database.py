@@ -7,7 +7,9 @@ Owns the connection to the one database of a node (nothing is shared between cit
   and power loss), ``foreign_keys=ON`` and a busy timeout. Write transactions start with
   ``BEGIN IMMEDIATE``: they take the write lock first, so two writers queue on the busy timeout
   instead of failing when one of them upgrades a read lock; read-only transactions start with a
-  plain ``BEGIN`` and never block a writer. A new database file is created ``0600``.
+  plain ``BEGIN`` and never block a writer; a look-up of one statement
+  (:meth:`Database.first_row`) runs without ``BEGIN``, in SQLite's autocommit mode, which reads
+  one consistent snapshot. A new database file is created ``0600``.
 * SQLite has one writer at a time; within the node's process, write transactions also take
   turns on an ``asyncio.Lock`` before ``BEGIN IMMEDIATE``, so a writer waiting for another one of
   this process is woken the moment it commits, instead of sleeping in SQLite's busy handler
@@ -15,6 +17,11 @@ Owns the connection to the one database of a node (nothing is shared between cit
   not given within that timeout fails as the busy timeout would.
 * PostgreSQL may be confined to one schema (``search_path``), so several nodes, or several test
   runs, can share a server without sharing a table.
+* **Group commit** (SQLite): a write transaction opened by a task inside
+  :func:`~node.storage.write_groups.grouped` joins the transaction of other such units of work of
+  this process, each in a savepoint, with one ``COMMIT`` for all (:mod:`node.storage.
+  write_groups` states what holds). Other write transactions are not grouped. On PostgreSQL,
+  where writers do not take turns, ``grouped`` changes nothing.
 * SQLite statements go through :mod:`node.storage.sqlite_driver` (one round trip to the
   connection's thread per statement, instead of three or four).
 * Every library or driver failure leaves this module as :class:`StorageError` (code
@@ -32,13 +39,13 @@ import functools
 import logging
 import os
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, ClassVar, Final
 
-from sqlalchemy import event, inspect, text
-from sqlalchemy.engine import Connection, make_url
+from sqlalchemy import Executable, event, inspect, text
+from sqlalchemy.engine import Connection, Row, make_url
 from sqlalchemy.exc import (
     ArgumentError,
     DBAPIError,
@@ -57,6 +64,7 @@ from sqlalchemy.ext.asyncio import (
 
 from node.errors import NodeError
 from node.storage.sqlite_driver import one_hop_dbapi
+from node.storage.write_groups import WriteGroups, wants_group
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +74,7 @@ POSTGRES_DRIVER: Final = "postgresql+asyncpg"
 SQLITE_BUSY_TIMEOUT_MS: Final = 10_000
 CHECK_TIMEOUT_S: Final = 2.0
 _READ_ONLY: Final = "citynode_read_only"  # execution option marking read-only transactions
+_ONE_READ: Final = "citynode_one_read"  # execution option: one read statement, no BEGIN (SQLite)
 _SCHEMA_NAME: Final = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _REASON_CHARS: Final = 200
 
@@ -94,11 +103,24 @@ class Database:
         # SQLite: one write transaction of this process at a time (see the module docstring).
         self._write_turn = asyncio.Lock() if engine.dialect.name == "sqlite" else None
         self._writer = async_sessionmaker(engine, expire_on_commit=False)
-        self._reader = async_sessionmaker(
-            engine.execution_options(**{_READ_ONLY: True}), expire_on_commit=False
-        )
+        self._read_engine = engine.execution_options(**{_READ_ONLY: True})
+        self._one_read_engine = engine.execution_options(**{_READ_ONLY: True, _ONE_READ: True})
+        self._reader = async_sessionmaker(self._read_engine, expire_on_commit=False)
         self.redacted_url = redacted_url
         self.schema = schema
+        self._groups = (
+            None
+            if self._write_turn is None
+            else WriteGroups(
+                new_session=self._writer,
+                take_write_turn=self._take_turn,
+                give_write_turn=self._write_turn.release,
+                wrapped=self._wrapped,
+                failed=lambda: StorageError(
+                    f"database {redacted_url}: transaction failed: another part of it failed"
+                ),
+            )
+        )
 
     @classmethod
     async def connect(cls, url: str, *, schema: str | None = None) -> Database:
@@ -154,7 +176,9 @@ class Database:
 
         Args:
             session: a session of a transaction already open (from this method); the work then
-                joins it and commits with it. ``None`` opens a new transaction.
+                joins it and commits with it. ``None`` opens a new transaction, or on SQLite
+                joins a group commit when the task asked for it
+                (:func:`node.storage.write_groups.grouped`).
 
         Yields:
             The session to work in.
@@ -165,6 +189,10 @@ class Database:
         """
         if session is not None:
             yield session
+            return
+        if self._groups is not None and wants_group():
+            async with self._groups.unit() as grouped_session:
+                yield grouped_session
             return
         async with self._turn(), self._wrapped("transaction"), self._writer() as new, new.begin():
             yield new
@@ -181,6 +209,22 @@ class Database:
         """
         async with self._wrapped("read"), self._reader() as new, new.begin():
             yield new
+
+    async def first_row(
+        self, statement: Executable, parameters: Mapping[str, Any]
+    ) -> Row[*tuple[Any, ...]] | None:
+        """Run one read statement on its own, without an ORM session (the cheapest read: for a
+        look-up made on every request). On SQLite it runs without ``BEGIN`` (one statement is a
+        consistent read by itself): one round trip to the database's thread in all.
+
+        Returns:
+            Its first row, or ``None``.
+
+        Raises:
+            StorageError: a database failure.
+        """
+        async with self._wrapped("read"), self._one_read_engine.connect() as connection:
+            return (await connection.execute(statement, parameters)).first()
 
     async def migrate(self) -> tuple[str | None, str]:
         """Bring the schema to the newest revision shipped with the code (Alembic ``head``).
@@ -253,17 +297,22 @@ class Database:
         if turn is None:
             yield
             return
-        try:
-            async with asyncio.timeout(SQLITE_BUSY_TIMEOUT_MS / 1000):
-                await turn.acquire()
-        except TimeoutError as e:
-            raise StorageError(
-                f"database {self.redacted_url}: transaction failed: the database is locked"
-            ) from e
+        await self._take_turn()
         try:
             yield
         finally:
             turn.release()
+
+    async def _take_turn(self) -> None:
+        """Wait for the SQLite write turn, as long as the busy timeout at most."""
+        assert self._write_turn is not None  # SQLite only
+        try:
+            async with asyncio.timeout(SQLITE_BUSY_TIMEOUT_MS / 1000):
+                await self._write_turn.acquire()
+        except TimeoutError as e:
+            raise StorageError(
+                f"database {self.redacted_url}: transaction failed: the database is locked"
+            ) from e
 
     @asynccontextmanager
     async def _wrapped(self, what: str) -> AsyncIterator[None]:
@@ -392,8 +441,10 @@ def _sqlite_engine(url: str, path: str | None) -> AsyncEngine:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(connection: Connection) -> None:
-        read_only = connection.get_execution_options().get(_READ_ONLY, False)
-        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+        options = connection.get_execution_options()
+        if options.get(_ONE_READ, False):
+            return  # one statement in SQLite's autocommit mode (Database.first_row)
+        connection.exec_driver_sql("BEGIN" if options.get(_READ_ONLY, False) else "BEGIN IMMEDIATE")
 
     return engine
 

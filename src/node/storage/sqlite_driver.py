@@ -15,6 +15,16 @@ fetched whole, as SQLAlchemy's adapter does for a client-side cursor; server-sid
 cursors keep aiosqlite's. Invariant: one statement at a time per connection (SQLAlchemy's
 per-connection mutex, kept), so the ``sqlite3`` connection is only ever used from its thread.
 
+**Control statements ride with the next statement.** ``BEGIN``, ``BEGIN IMMEDIATE``,
+``SAVEPOINT x`` and ``RELEASE SAVEPOINT x`` return nothing and change nothing a later statement
+could not see: they are kept on the connection and run on its thread, in order, just before the
+next statement, in that statement's round trip. A ``COMMIT`` or ``ROLLBACK`` drops what is still
+kept (it ends every savepoint; a ``BEGIN`` never sent opened nothing) and is itself skipped when
+SQLite has no transaction open (``sqlite3.Connection.in_transaction``, read while no statement
+runs). A transaction is therefore one round trip per statement plus one for its end, and a read
+of one statement two; a ``BEGIN IMMEDIATE`` that cannot get the write lock fails with the first
+statement, as the same ``OperationalError``.
+
 It relies on two internals, checked by the storage tests on every run: aiosqlite's
 ``Connection._execute(fn, *args)`` (run ``fn`` on the connection's thread) and ``_conn`` (the
 ``sqlite3`` connection), and SQLAlchemy's ``AsyncAdapt_aiosqlite_*`` adapter classes.
@@ -25,7 +35,7 @@ from __future__ import annotations
 import collections
 import sqlite3
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
 import aiosqlite
 from sqlalchemy.dialects.sqlite.aiosqlite import (
@@ -37,12 +47,28 @@ from sqlalchemy.util import EMPTY_DICT, await_
 
 _Outcome = tuple[Any, list[Any], int, int | None]
 """``description``, rows, ``rowcount``, ``lastrowid`` of one statement."""
+_DEFERRED_PREFIXES: Final = ("SAVEPOINT ", "RELEASE SAVEPOINT ")
+_DEFERRED_BEGINS: Final = frozenset({"BEGIN", "BEGIN IMMEDIATE"})
+
+
+def _deferrable(operation: str, parameters: Any, many: bool) -> bool:
+    """Whether the statement is a control statement kept for the next one (module docstring)."""
+    if many or parameters:
+        return False
+    return operation in _DEFERRED_BEGINS or operation.startswith(_DEFERRED_PREFIXES)
 
 
 def _run_statement(
-    connection: sqlite3.Connection, operation: str, parameters: Any, many: bool
+    connection: sqlite3.Connection,
+    deferred: Sequence[str],
+    operation: str,
+    parameters: Any,
+    many: bool,
 ) -> _Outcome:
-    """Run one statement to the end on the connection's thread (see the module docstring)."""
+    """Run the kept control statements, then one statement to the end, on the connection's
+    thread (see the module docstring)."""
+    for control in deferred:
+        connection.execute(control).close()
     cursor = connection.cursor()
     try:
         if many:
@@ -102,10 +128,17 @@ class OneHopCursor(AsyncAdapt_aiosqlite_cursor):
         return await self._run(operation, seq_of_parameters, many=True)
 
     async def _run(self, operation: str, parameters: Any, *, many: bool) -> None:
-        async with self._adapt_connection._execute_mutex:
+        adapt: OneHopConnection = self._adapt_connection  # type: ignore[assignment]
+        if _deferrable(operation, parameters, many):
+            adapt._deferred.append(operation)
+            self._description, self._rowcount, self._lastrowid = None, -1, None
+            self._rows = collections.deque()
+            return
+        async with adapt._execute_mutex:
             connection: aiosqlite.Connection = self._connection  # type: ignore[assignment]
+            deferred, adapt._deferred = adapt._deferred, []  # sent now, whatever the outcome
             outcome: _Outcome = await connection._execute(  # type: ignore[no-untyped-call]
-                _run_statement, connection._conn, operation, parameters, many
+                _run_statement, connection._conn, deferred, operation, parameters, many
             )
         self._description, rows, self._rowcount, self._lastrowid = outcome
         self._rows = collections.deque(rows)
@@ -126,10 +159,30 @@ class OneHopCursor(AsyncAdapt_aiosqlite_cursor):
 
 
 class OneHopConnection(AsyncAdapt_aiosqlite_connection):
-    """SQLAlchemy's aiosqlite connection adapter, with :class:`OneHopCursor` cursors."""
+    """SQLAlchemy's aiosqlite connection adapter, with :class:`OneHopCursor` cursors and kept
+    control statements (module docstring)."""
 
-    __slots__ = ()
+    __slots__ = ("_deferred",)
     _cursor_cls = OneHopCursor
+
+    def __init__(self, dbapi: Any, connection: Any) -> None:
+        super().__init__(dbapi, connection)
+        self._deferred: list[str] = []
+
+    def commit(self) -> None:
+        self._deferred = []  # COMMIT ends every savepoint; a BEGIN never sent opened nothing
+        if self._open_transaction():
+            super().commit()
+
+    def rollback(self) -> None:
+        self._deferred = []
+        if self._open_transaction():
+            super().rollback()
+
+    def _open_transaction(self) -> bool:
+        """Whether SQLite has a transaction open (or the connection's state is unknown)."""
+        raw: sqlite3.Connection | None = self._connection._connection
+        return raw is None or raw.in_transaction
 
 
 class OneHopDbapi(AsyncAdapt_aiosqlite_dbapi):
