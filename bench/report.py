@@ -8,8 +8,10 @@ average at the start and the end, because a busy second core moves every figure)
 and the benchmark's notes from ``bench/notes/<name>.md`` (the hand-written analysis: what the
 figures mean and where the time goes). The raw JSON goes to ``var/bench/<name>.json``.
 
-Usage: ``python bench/report.py [--quick] [--only NAME,...] [--out docs/performance.md]``. With
-``--only`` the other sections are kept from the current page.
+Usage: ``python bench/report.py [--quick] [--only NAME,...] [--out docs/performance.md]
+[--from-raw]``. With ``--only`` the other sections are kept from the current page; with
+``--from-raw`` nothing is run: the sections are rendered again from the JSON the last run kept
+in ``var/bench/`` (after editing ``bench/notes/``; the date and command shown are that run's).
 """
 
 from __future__ import annotations
@@ -118,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="CI sizes")
     parser.add_argument("--only", help=f"comma-separated: {','.join(BENCHMARKS)}")
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument(
+        "--from-raw", action="store_true", help="render the last run's JSON again, run nothing"
+    )
     args = parser.parse_args(argv)
     names = args.only.split(",") if args.only else list(BENCHMARKS)
     unknown = set(names) - set(BENCHMARKS)
@@ -126,6 +131,16 @@ def main(argv: list[str] | None = None) -> int:
     today = datetime.date.today().isoformat()
     sections = {}
     for name in names:
+        if args.from_raw:
+            raw = RAW / f"{name}.json"
+            if not raw.exists():
+                parser.error(f"no {raw} to render: run the benchmark first")
+            result: dict[str, Any] = json.loads(raw.read_text())
+            quick = " --quick" if result.get("quick") else ""
+            shown = f"python bench/{BENCHMARKS[name][1]} --json{quick}"
+            day = datetime.datetime.fromtimestamp(raw.stat().st_mtime).date().isoformat()
+            sections[name] = section(name, result, shown, day)
+            continue
         result, shown = run(name, args.quick)
         sections[name] = section(name, result, shown, today)
     current = args.out.read_text() if args.out.exists() else ""
