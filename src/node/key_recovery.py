@@ -43,7 +43,7 @@ from node.own_keys import announced_windows, current_and_next
 from node.secrets_source import OperatorSecret
 from node.service import Node
 from protocol.checkpoint_exchange import encode_log_request, verify_log_copy
-from protocol.errors import ProtocolError
+from protocol.errors import ErrorCode, ProtocolError, RemoteProtocolError
 from protocol.keylog import EntryKind, KeyLog
 from protocol.keys import KeyKind, identity_key
 
@@ -101,14 +101,20 @@ async def recover_keys(
         RecoveryIncomplete: a peer cannot be reached or answers with a copy that does not verify
             or does not fit our log; nothing is changed.
         IdentityKeyLost: the entries taken back replace our identity key (they are kept: the
-            log now matches the peers'; the other members replace the key, runbook 4c).
+            log now matches the peers'), or the peers' copies are signed by a successor key the
+            backup lacks (nothing is taken back); either way the other members replace the key
+            (runbook 4c) and the marker is removed so that procedure can open the node.
     """
     if read_restore_marker(config.data_dir) is None:
         raise NotRestored("this node was not restored from a backup: nothing to recover")
     node = await Node.open(config, secret, clock=clock, recovering=True)
     try:
         local = await node.history.load()
-        copies = await _ask_peers(node, local)
+        try:
+            copies = await _ask_peers(node, local)
+        except IdentityKeyLost:
+            clear_restore_marker(config.data_dir)  # the way on is runbook 4c, which opens it
+            raise
         best_peer, best = max(copies.items(), key=lambda item: item[1].size)
         for peer, copy in copies.items():
             if best.head_at(copy.size) != copy.head:
@@ -212,15 +218,27 @@ async def _ask_peers(node: Node, local: KeyLog) -> dict[str, KeyLog]:
                     cap=limits.protocol.max_keylog_bytes,
                 )
                 found = verify_log_copy(data, city, keyring, limits=limits.protocol)
+            except RemoteProtocolError as e:
+                if e.code == ErrorCode.UNKNOWN_KEY:  # signed by a successor this backup lacks
+                    raise IdentityKeyLost(
+                        f"{peer}'s copy of our key log is signed by an identity key this backup "
+                        "does not hold: the identity key was replaced after the backup was "
+                        "taken; the other members replace it (runbook 4c)"
+                    ) from e
+                raise RecoveryIncomplete(
+                    f"{peer}'s copy of our key log does not verify ({e.code})"
+                ) from e
             except (NodeError, ProtocolError) as e:
                 raise RecoveryIncomplete(
                     f"{peer} could not give its copy of our key log ({e.code}); every peer must "
                     "answer, try again when it is reachable"
                 ) from e
             log = found[1] if found is not None else KeyLog()
-            if log.size >= local.size and log.head_at(local.size) != local.head:
+            shorter, longer = (log, local) if log.size < local.size else (local, log)
+            if longer.head_at(shorter.size) != shorter.head:
                 raise RecoveryIncomplete(
-                    f"{peer}'s copy of our key log does not extend the restored one"
+                    f"{peer}'s copy of our key log and the restored one diverge: see "
+                    "`citynode keys show` on the peers before going on"
                 )
             copies[peer] = log if log.size > local.size else local
     finally:
