@@ -4,7 +4,8 @@ statements about its identity keys.
 Owns the format an operator exports (``peers export``) and a node serves at
 ``GET /federation/v1/keys``: MessagePack ``[bundle: bin, [certificate_pem: bin, ...],
 [succession: bin, ...], [revocation: bin, ...]]`` (trailing empty lists may be left out). The
-bundle is signed by the node's current identity key; each certificate must match one of the
+bundle is signed by the node's current identity key; each certificate must be self-signed (its
+signature verifies under its own key, so no byte of it was altered) and match one of the
 bundle's TLS pins, so the package as a whole is vouched for by that one signature. The
 successions (each signed by the old and the new key, ``protocol.succession``) lead from the
 identity key a peer trusts — the agreement's — to the key that signed the bundle; the
@@ -17,6 +18,8 @@ from dataclasses import dataclass
 from typing import Annotated, Final
 
 import msgspec
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 
 from node.federation.tls import pin_of_certificate_pem
 from protocol import codec
@@ -119,8 +122,14 @@ def read_package(
     for pem in package.certificates:
         try:
             pin = pin_of_certificate_pem(pem)
+            certificate = x509.load_pem_x509_certificate(pem)
+            certificate.verify_directly_issued_by(certificate)
         except ValueError as e:
             raise DecodeError(ErrorCode.BAD_KEY_BUNDLE, "a certificate does not parse") from e
+        except (InvalidSignature, TypeError) as e:  # altered: nodes' certificates are self-signed
+            raise DecodeError(
+                ErrorCode.BAD_KEY_BUNDLE, "a certificate's self-signature does not verify"
+            ) from e
         if pin not in bundle.tls_pins:
             raise DecodeError(ErrorCode.BAD_KEY_BUNDLE, "a certificate is not pinned by the bundle")
     return PeerPackage(
