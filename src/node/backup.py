@@ -16,7 +16,9 @@ Owns ``citynode backup`` and ``citynode restore`` (the archive format is
   schema, a data directory that holds a node, a PostgreSQL database that is not empty. It then
   extracts into a ``0700`` staging folder inside the data directory, checking every hash, opens
   the keystore with the operator secret, loads the database (``pg_restore`` in one transaction),
-  migrates it as ``serve`` would and checks its key-history log against the manifest; only then
+  refuses it if it holds triggers, rules, views or functions (a node's never does: the archive
+  is not signed, and such code would run inside the node), migrates it as ``serve`` would and
+  checks its key-history log against the manifest; only then
   are the files moved into place — the marker first, the keys last, so a node can never start
   from a half-restored directory without the marker. A failure before the move removes the
   staging folder (and the data directory when the restore created it).
@@ -65,6 +67,8 @@ from node.backup_snapshot import (
     SQLITE_BACKEND,
     PgTools,
     check_postgres_empty,
+    check_postgres_holds_no_code,
+    check_sqlite_holds_no_code,
     restore_postgres_dump,
     snapshot_postgres,
     snapshot_sqlite,
@@ -427,11 +431,13 @@ async def _load_database(
     """Load the snapshot, migrate it as ``serve`` does, and check its key log; the revision."""
     if pg_restore is None:
         url = f"sqlite+aiosqlite:///{staging / Path(SQLITE_MEMBER).name}"
+        check_sqlite_holds_no_code(staging / Path(SQLITE_MEMBER).name)
     else:
         url = config.database.url
         dump = staging / Path(PGDUMP_MEMBER).name
         await restore_postgres_dump(pg_restore, url, dump)
         dump.unlink()
+        await check_postgres_holds_no_code(url)
     db = await Database.connect(url)
     try:
         _, revision = await db.migrate()

@@ -12,9 +12,10 @@ An archive holds regular files only, under three names of a fixed shape, plus ``
 Invariants:
 
 * Member names are checked against that whitelist (a regular expression per area) before anything
-  is read: no absolute path, no ``..``, no empty or dotted component, no link, directory, device
-  or FIFO, no name twice. A member that breaks a rule refuses the whole archive
-  (:class:`UnsafeMember`), so nothing outside the target is ever written, whatever the archive.
+  is read: no absolute path, no ``..``, no empty or dotted component, no link, directory, device,
+  FIFO or sparse member (a few bytes of archive that expand to any size), no name twice. A
+  member that breaks a rule refuses the whole archive (:class:`UnsafeMember`), so nothing
+  outside the target is ever written, whatever the archive, and nothing larger than it.
 * The manifest names every other member with its size and SHA-256, and nothing else: a member
   missing, extra, of another size or (found while extracting) another hash refuses the archive
   (:class:`BackupTampered`). The hashes detect damage, not a forger: the archive is not signed
@@ -60,6 +61,7 @@ _MEMBER_NAME: Final = re.compile(
     r"|attachments/(?:in|out)/[a-z][a-z0-9-]{0,63}/[0-9a-f]{32}"
 )
 _SHA256_HEX: Final = r"^[0-9a-f]{64}$"
+_PLAIN_FILE_TYPES: Final = frozenset({tarfile.REGTYPE, tarfile.AREGTYPE})
 
 
 # --- errors -------------------------------------------------------------------------------------
@@ -369,10 +371,11 @@ def _checked_members(tar: tarfile.TarFile) -> dict[str, tarfile.TarInfo]:
                 raise BackupUnreadable(f"the archive holds more than {MAX_MEMBERS} members")
             if member.name != MANIFEST_NAME:
                 check_member_name(member.name)
-            if not member.isreg():
+            # A sparse member is "regular" to tarfile, yet a few bytes of it expand to any size.
+            if member.type not in _PLAIN_FILE_TYPES or member.issparse():
                 raise UnsafeMember(
-                    f"the archive's member {member.name} is not a regular file (a link, "
-                    "directory or device): refused"
+                    f"the archive's member {member.name} is not a plain regular file (a link, "
+                    "directory, device or sparse file): refused"
                 )
             if member.name in members:
                 raise UnsafeMember(f"the archive holds {member.name} twice")

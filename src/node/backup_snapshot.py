@@ -9,6 +9,11 @@ of ``backup`` and ``restore``). Invariants:
   by a read-only ``REPEATABLE READ`` transaction, in which the schema revision and the key log
   are read too: the manifest describes exactly the dumped state. ``pg_restore`` loads a dump in
   one transaction (``--single-transaction --exit-on-error``): all of it or nothing.
+* A restored database holding code (SQLite triggers or views; PostgreSQL triggers, rules, views,
+  functions other than an extension's, event triggers, row policies) is refused: a node's schema
+  has none, and the archive is not signed. This cannot undo what a forged dump's SQL did while
+  ``pg_restore`` ran it with the node's database rights: restore only archives kept where only
+  operators can write.
 * The key-history log of a snapshot is decoded and its hash chain verified before it is named
   in a manifest: a broken log is not backed up as if it were sound.
 * Database passwords never reach a command line, a log or an error: the client programs get a
@@ -31,7 +36,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from node.backup_archive import PGDUMP_MEMBER, SQLITE_MEMBER, BackupError
+from node.backup_archive import PGDUMP_MEMBER, SQLITE_MEMBER, BackupError, BackupTampered
 from node.storage.database import Database, StorageError
 from protocol import codec
 from protocol.keylog import KeyLog, KeyLogEntry
@@ -46,6 +51,23 @@ _USER_RELATIONS_SQL: Final = (
     "WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f') "
     "AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
     "AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp\\_%'"
+)
+# Code a node's schema never holds: a restored database carrying some would run it in the node.
+_SQLITE_CODE_SQL: Final = "SELECT count(*) FROM sqlite_master WHERE type IN ('trigger', 'view')"
+_POSTGRES_CODE_SQL: Final = (
+    "SELECT (SELECT count(*) FROM pg_trigger WHERE NOT tgisinternal)"
+    " + (SELECT count(*) FROM pg_rewrite r JOIN pg_class c ON c.oid = r.ev_class"
+    " JOIN pg_namespace n ON n.oid = c.relnamespace"
+    " WHERE n.nspname NOT IN ('pg_catalog', 'information_schema'))"
+    " + (SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace"
+    " WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND NOT EXISTS (SELECT 1"
+    " FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass AND d.objid = p.oid"
+    " AND d.deptype = 'e'))"
+    " + (SELECT count(*) FROM pg_event_trigger) + (SELECT count(*) FROM pg_policy)"
+)
+_PLANTED: Final = (
+    "the archive's database holds triggers, rules, views or functions, which a node's never "
+    "does: it was not written by citynode backup"
 )
 _TOOL_MESSAGE_CHARS: Final = 300
 _LIBPQ_PARAMETERS: Final = frozenset(
@@ -292,3 +314,40 @@ async def restore_postgres_dump(pg_restore: str, url: str, dump: Path) -> None:
         ],
         env,
     )
+
+
+def check_sqlite_holds_no_code(path: Path) -> None:
+    """Refuse a restored SQLite database holding triggers or views (a node's never does).
+
+    Raises:
+        BackupTampered: it holds some, or it is not a SQLite database.
+    """
+    try:
+        snap = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)
+        with contextlib.closing(snap):
+            found = snap.execute(_SQLITE_CODE_SQL).fetchone()[0]
+    except sqlite3.Error as e:
+        raise BackupTampered(f"the archive's database is not a SQLite database: {e}") from e
+    if found:
+        raise BackupTampered(_PLANTED)
+
+
+async def check_postgres_holds_no_code(url: str) -> None:
+    """Refuse a restored PostgreSQL database holding triggers, rules, views, functions (other
+    than an extension's), event triggers or row policies: a node's never does, and the node
+    would run them with its rights. What ``pg_restore`` itself ran is done by then.
+
+    Raises:
+        BackupTampered: it holds some (drop the database and create it anew).
+        StorageError: it cannot be reached.
+    """
+    db = await Database.connect(url)
+    try:
+        async with db.reading() as session:
+            found = await session.scalar(text(_POSTGRES_CODE_SQL))
+    finally:
+        await db.close()
+    if found:
+        raise BackupTampered(
+            f"{_PLANTED}; database {db.redacted_url} now holds it: drop it and create it anew"
+        )

@@ -32,7 +32,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Final
 
 from node.backup import clear_restore_marker, read_restore_marker
 from node.checkpoints import KEYLOGS_PATH
@@ -45,9 +45,14 @@ from node.service import Node
 from protocol.checkpoint_exchange import encode_log_request, verify_log_copy
 from protocol.errors import ErrorCode, ProtocolError, RemoteProtocolError
 from protocol.keylog import EntryKind, KeyLog
-from protocol.keys import KeyKind, identity_key
+from protocol.keys import KeyKind
 
 logger = logging.getLogger(__name__)
+
+MAX_REPLACEMENT_ROTATIONS: Final = 16
+"""Rotations ``keys recover`` makes at most to bring the current encryption epoch back up to
+the one announced before the disk died (one or two in practice: one per rotation since the
+backup)."""
 
 
 class NotRestored(NodeError):
@@ -170,7 +175,7 @@ async def _replace_encryption(
     """
     node = await Node.open(config, secret, clock=clock)
     try:
-        while True:
+        for _ in range(MAX_REPLACEMENT_ROTATIONS):
             await node.rotate_encryption()
             pair = current_and_next(
                 node.own.encryption,
@@ -180,6 +185,11 @@ async def _replace_encryption(
             )
             if pair is None or pair[0].epoch >= epoch:
                 break
+        else:
+            raise RecoveryIncomplete(
+                f"the lost encryption keys were announced up to epoch {epoch}: more than "
+                f"{MAX_REPLACEMENT_ROTATIONS} rotations away; the peers would refuse the bundle"
+            )
     finally:
         await node.close()
     logger.warning("keys [%s] restored node: lost encryption key replaced", config.city)
@@ -189,9 +199,9 @@ async def _ask_peers(node: Node, local: KeyLog) -> dict[str, KeyLog]:
     """Every peer's copy of our log (the empty log when it holds none), each checked against
     the checkpoint that vouches for it and against ``local``."""
     city, limits = node.config.city, node.config.limits
-    keyring = {
-        city: tuple(identity_key(k.public_key) for k in node.keystore.keys(KeyKind.IDENTITY))
-    }
+    # Only our identity keys as the restored log has them (their windows, our revocations): a
+    # superseded or revoked key the keystore still holds vouches for nothing after its time.
+    keyring = {city: node.own_verify_keys()}
 
     def endpoint(peer: str) -> PeerEndpoint | None:
         trusted = node.trust().peers.get(peer)

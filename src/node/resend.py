@@ -20,8 +20,9 @@ Owns :class:`Resender` (plan, then queue) and :func:`parse_since`. Invariants:
 * **Original order.** Messages are queued in the order of their first outbox row since the time,
   so each case's messages reach the peer in the order they were first sent. The plan and the
   queueing are separate reads; the write checks, in its transaction, that no row was queued for
-  the peer meanwhile in any case being resent (:class:`ResendRaced`: nothing is queued, run it
-  again), so no newer message of such a case can slip in before the resent ones. Messages of
+  the peer meanwhile in any case being resent, and that none of them was shredded meanwhile
+  (:class:`ResendRaced`: nothing is queued, run it again), so no newer message of such a case can
+  slip in before the resent ones and no shredded case's message goes out again. Messages of
   other cases, queued by a serving node meanwhile, do not matter to the order.
 * **The case is not moved again.** Nothing is journaled and no case changes state: the case
   took each message when it was first sent. The receiver's exactly-once record (sender, message
@@ -52,7 +53,7 @@ from node.outgoing import Outgoing, Queued, Resend
 from node.storage.case_store import CaseNotFound, load_case_key
 from node.storage.database import Database
 from node.storage.outbox_store import UNDELIVERED
-from node.storage.schema import CaseMessageRow, OutboxRow
+from node.storage.schema import CaseMessageRow, CaseRow, OutboxRow
 from node.storage.vault import CaseShredded, CaseVault, VaultError
 from node.trust import TrustState, UnknownPeer
 from node.users import CONSOLE
@@ -270,8 +271,8 @@ class Resender:
             Where each was queued, in order (empty when the plan queues nothing).
 
         Raises:
-            ResendRaced: a row of a case being resent was queued for the peer since the plan
-                (nothing queued).
+            ResendRaced: a row of a case being resent was queued for the peer since the plan, or
+                such a case was shredded since (nothing queued).
             UnknownPeer: the peer's key bundle is gone.
             OutboxFull: the peer's outbox cannot take them all (nothing queued).
             StorageConflict: a concurrent resend queued one of them first (nothing queued).
@@ -296,6 +297,18 @@ class Resender:
                 raise ResendRaced(
                     f"a message of a case being resent to {plan.peer} was queued meanwhile: "
                     "nothing was resent, run the command again"
+                )
+            # The bodies were read before this transaction: a case shredded since must not send
+            # its (personal) messages again. FOR SHARE holds a shred off until the commit.
+            readable = await session.scalars(
+                select(CaseRow.case_id)
+                .where(CaseRow.case_id.in_(cases), CaseRow.wrapped_key.is_not(None))
+                .with_for_update(read=True)
+            )
+            if len(readable.all()) != len(cases):
+                raise ResendRaced(
+                    f"a case being resent to {plan.peer} was shredded meanwhile: nothing was "
+                    "resent, run the command again"
                 )
             for case_id in cases:  # last: the audit trail's lock is held until the commit
                 await self._audit.record(
