@@ -278,7 +278,7 @@ class Database:
             async with (
                 asyncio.timeout(timeout_s),
                 self._wrapped("health check"),
-                self._engine.connect() as connection,
+                self._one_read_engine.connect() as connection,  # no BEGIN: waits for no writer
             ):
                 await connection.execute(text("SELECT 1"))
         except TimeoutError as e:

@@ -25,6 +25,17 @@ runs). A transaction is therefore one round trip per statement plus one for its 
 of one statement two; a ``BEGIN IMMEDIATE`` that cannot get the write lock fails with the first
 statement, as the same ``OperationalError``.
 
+**A transaction SQLite ended on its own stays ended.** A ``BEGIN`` that failed, or an error after
+which SQLite rolled the whole transaction back (``SQLITE_FULL``, ``SQLITE_IOERR``...), leaves
+SQLAlchemy believing a transaction (and its savepoints) open. Until its ``COMMIT`` or
+``ROLLBACK``, every further statement then fails (none runs in autocommit mode, and a kept
+``SAVEPOINT`` never opens a transaction of its own), a ``ROLLBACK TO``/``RELEASE`` of a savepoint
+does nothing (nothing of it is left: the error that ended the transaction is the one raised), and
+the ``COMMIT`` fails: work that shared the transaction (``node.storage.write_groups``) is never
+reported kept. A ``COMMIT`` that fails and leaves the transaction open (SQLite does on
+``SQLITE_BUSY``) is followed by a ``ROLLBACK``: no connection goes back to its pool in a
+transaction.
+
 It relies on two internals, checked by the storage tests on every run: aiosqlite's
 ``Connection._execute(fn, *args)`` (run ``fn`` on the connection's thread) and ``_conn`` (the
 ``sqlite3`` connection), and SQLAlchemy's ``AsyncAdapt_aiosqlite_*`` adapter classes.
@@ -33,6 +44,8 @@ It relies on two internals, checked by the storage tests on every run: aiosqlite
 from __future__ import annotations
 
 import collections
+import contextlib
+import functools
 import sqlite3
 from collections.abc import Sequence
 from typing import Any, Final
@@ -49,6 +62,8 @@ _Outcome = tuple[Any, list[Any], int, int | None]
 """``description``, rows, ``rowcount``, ``lastrowid`` of one statement."""
 _DEFERRED_PREFIXES: Final = ("SAVEPOINT ", "RELEASE SAVEPOINT ")
 _DEFERRED_BEGINS: Final = frozenset({"BEGIN", "BEGIN IMMEDIATE"})
+_SAVEPOINT_ENDS: Final = ("ROLLBACK TO SAVEPOINT ", "RELEASE SAVEPOINT ")
+_ENDED: Final = "the transaction is no longer open: the database ended it after an earlier error"
 
 
 def _deferrable(operation: str, parameters: Any, many: bool) -> bool:
@@ -64,9 +79,15 @@ def _run_statement(
     operation: str,
     parameters: Any,
     many: bool,
+    *,
+    opened: bool,
 ) -> _Outcome:
     """Run the kept control statements, then one statement to the end, on the connection's
-    thread (see the module docstring)."""
+    thread (see the module docstring). ``opened``: a ``BEGIN`` was sent before this call."""
+    if opened and not connection.in_transaction:  # SQLite ended it (module docstring)
+        if operation.startswith(_SAVEPOINT_ENDS):
+            return None, [], -1, None
+        raise sqlite3.OperationalError(_ENDED)
     for control in deferred:
         connection.execute(control).close()
     cursor = connection.cursor()
@@ -137,8 +158,11 @@ class OneHopCursor(AsyncAdapt_aiosqlite_cursor):
         async with adapt._execute_mutex:
             connection: aiosqlite.Connection = self._connection  # type: ignore[assignment]
             deferred, adapt._deferred = adapt._deferred, []  # sent now, whatever the outcome
+            opened = adapt._opened
+            adapt._opened = opened or any(c in _DEFERRED_BEGINS for c in deferred)
+            run = functools.partial(_run_statement, opened=opened)
             outcome: _Outcome = await connection._execute(  # type: ignore[no-untyped-call]
-                _run_statement, connection._conn, deferred, operation, parameters, many
+                run, connection._conn, deferred, operation, parameters, many
             )
         self._description, rows, self._rowcount, self._lastrowid = outcome
         self._rows = collections.deque(rows)
@@ -162,20 +186,33 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
     """SQLAlchemy's aiosqlite connection adapter, with :class:`OneHopCursor` cursors and kept
     control statements (module docstring)."""
 
-    __slots__ = ("_deferred",)
+    __slots__ = ("_deferred", "_opened")
     _cursor_cls = OneHopCursor
 
     def __init__(self, dbapi: Any, connection: Any) -> None:
         super().__init__(dbapi, connection)
         self._deferred: list[str] = []
+        self._opened = False  # a BEGIN was sent since the last COMMIT or ROLLBACK
 
     def commit(self) -> None:
         self._deferred = []  # COMMIT ends every savepoint; a BEGIN never sent opened nothing
+        opened, self._opened = self._opened, False
         if self._open_transaction():
-            super().commit()
+            try:
+                super().commit()
+            except Exception:
+                # SQLite may keep the transaction open after a failed COMMIT (SQLITE_BUSY, FULL):
+                # end it, so the connection goes back to its pool clean and nothing is kept.
+                if self._open_transaction():
+                    with contextlib.suppress(Exception):
+                        super().rollback()
+                raise
+        elif opened:  # SQLite ended it after an error: nothing of it is kept (module docstring)
+            raise sqlite3.OperationalError(_ENDED)
 
     def rollback(self) -> None:
         self._deferred = []
+        self._opened = False
         if self._open_transaction():
             super().rollback()
 

@@ -7,11 +7,16 @@ the machines we run on); units of work that arrive while a transaction is in pro
 queue behind it. A group lets them share one transaction and one ``COMMIT``. Invariants:
 
 * **All or nothing per unit, in order.** The units of a group run one at a time in the group's
-  session, in the order they joined, each inside a ``SAVEPOINT``. A unit that raises has its
-  savepoint rolled back (nothing of it is kept) and its error raised to its caller at once; the
-  others are not affected. Each unit sees what the units before it in the group wrote, exactly
-  as if they had committed before it started: a hash chain appended by each unit (the audit
-  trail) stays one chain, a count made by a unit includes the rows of the units before it.
+  session, in the order they joined, each inside a ``SAVEPOINT``. A unit that raises (in its
+  block or at its last flush, as it ends) has its savepoint rolled back (nothing of it is kept)
+  and its error raised to its caller at once, a database failure as ``StorageError`` as for any
+  transaction; the others are not affected. Unless SQLite ended the whole transaction with that
+  failure (it does after ``SQLITE_FULL`` or an I/O error, and a ``BEGIN IMMEDIATE`` that timed out
+  opened none): then the group is broken, the units done in it get an error (nothing of them was
+  kept) and those still waiting form the next group. Each unit sees what the units before it in
+  the group wrote, exactly as if they had committed before it started: a hash chain appended by
+  each unit (the audit trail) stays one chain, a count made by a unit includes the rows of the
+  units before it.
 * **No unit returns before its commit.** A unit whose work succeeded waits for the group's
   ``COMMIT``; if the ``COMMIT`` fails, every unit of the group gets the same
   :class:`~node.storage.database.StorageError` and nothing of any of them was kept. What a caller
@@ -31,6 +36,8 @@ queue behind it. A group lets them share one transaction and one ``COMMIT``. Inv
 
 Only work that holds no ORM object past its block should be grouped (objects are shared by the
 group's session): the case service groups the sending of a case message (``Outgoing.send``).
+:func:`grouped` applies to the task that entered it only: a task started inside the block (a
+sender loop woken for a new peer) copies the context but runs its transactions ungrouped.
 """
 
 from __future__ import annotations
@@ -38,11 +45,13 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, AsyncSessionTransaction
 
 logger = logging.getLogger(__name__)
@@ -53,15 +62,19 @@ MAX_OPEN_S: Final = 0.025
 """A group takes no new unit once it was formed this long ago: the write lock it holds, and what
 its first units queued, wait for its ``COMMIT`` at most about this long besides their own work."""
 
-_GROUPED: Final[contextvars.ContextVar[bool]] = contextvars.ContextVar(
-    "citynode_grouped_write", default=False
+# The task that asked, not a flag: a task started inside the block (a sender loop woken for a new
+# peer) copies the context, and its write transactions must not be grouped.
+_GROUPED: Final[contextvars.ContextVar[weakref.ref[asyncio.Task[Any]] | None]] = (
+    contextvars.ContextVar("citynode_grouped_write", default=None)
 )
 
 
 @contextmanager
 def grouped() -> Iterator[None]:
-    """Within this block, this task's write transactions join a group (on SQLite)."""
-    token = _GROUPED.set(True)
+    """Within this block, this task's write transactions join a group (on SQLite); tasks it
+    starts meanwhile are not grouped."""
+    task = asyncio.current_task()
+    token = _GROUPED.set(None if task is None else weakref.ref(task))
     try:
         yield
     finally:
@@ -70,7 +83,11 @@ def grouped() -> Iterator[None]:
 
 def wants_group() -> bool:
     """Whether the current task asked for its write transactions to be grouped."""
-    return _GROUPED.get()
+    asked = _GROUPED.get()
+    return asked is not None and asked() is asyncio.current_task()
+
+
+_STILL_OPEN: Final = text("SELECT 1")  # a statement: it fails if the transaction was ended
 
 
 class _Retry(Exception):
@@ -149,16 +166,11 @@ class WriteGroups:
             self._leave(group)
             raise
         try:
-            yield session
+            async with self._wrapped("transaction"):  # the body's failures too, as ungrouped
+                yield session
+                await savepoint.commit()  # its last flush may fail: only this unit is undone
         except BaseException:
             await self._undo(group, session, savepoint)
-            self._leave(group)
-            raise
-        try:
-            async with self._wrapped("transaction"):
-                await savepoint.commit()
-        except BaseException:
-            group.broken = True
             self._leave(group)
             raise
         self._leave(group)
@@ -205,13 +217,17 @@ class WriteGroups:
     async def _undo(
         self, group: _Group, session: AsyncSession, savepoint: AsyncSessionTransaction
     ) -> None:
-        """Roll the failed unit's savepoint back; if even that fails, the group is broken."""
+        """Roll the failed unit's savepoint back; if even that fails, or the unit's failure ended
+        the whole transaction, the group is broken."""
         try:
             async with self._wrapped("transaction"):
                 await savepoint.rollback()
+                # SQLite ended the whole transaction after some failures (module docstring):
+                # then any statement fails (node.storage.sqlite_driver).
+                await session.execute(_STILL_OPEN)
         except BaseException:  # noqa: BLE001 - the unit's own error is the one raised
             group.broken = True
-            logger.warning("write group: a savepoint did not roll back: the group rolls back")
+            logger.warning("write group: a failed unit was not undone alone: the group rolls back")
         else:
             session.info.clear()  # what the unit looked up may be gone (module docstring)
 
