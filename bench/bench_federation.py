@@ -257,30 +257,43 @@ def _idle_rss(federation: LocalFederation) -> dict[str, float]:
 # --- 2. latency at 200 messages a second ---------------------------------------------------------
 
 
+def api_headers(token: str) -> dict[str, str]:
+    """A case worker's request headers for the case API."""
+    return {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+
+
+async def post_open_loop(
+    session: aiohttp.ClientSession, url: str, token: str, body: bytes, count: int, rate: float
+) -> list[float]:
+    """POST ``body`` to ``url`` ``count`` times, one every ``1/rate`` s whatever the answers
+    (open loop); each request's seconds to its answer (a 201 is required)."""
+    headers = api_headers(token)
+    answered: list[float] = []
+
+    async def one() -> None:
+        sent = time.perf_counter()
+        async with session.post(url, data=body, headers=headers) as r:
+            await r.read()
+            if r.status != 201:
+                raise RuntimeError(f"the case API answered {r.status}")
+        answered.append(time.perf_counter() - sent)
+
+    started = time.perf_counter()
+    tasks = []
+    for i in range(count):
+        delay = started + i / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one()))
+    await asyncio.gather(*tasks)
+    return answered
+
+
 async def _offer(api: str, token: str, body: bytes, count: int, rate: float) -> list[float]:
     """Open ``count`` cases through the API, one every ``1/rate`` s (open loop)."""
-    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
-    answered: list[float] = []
     connector = aiohttp.TCPConnector(limit=64)
     async with aiohttp.ClientSession(connector=connector) as session:
-
-        async def one() -> None:
-            sent = time.perf_counter()
-            async with session.post(f"{api}/api/v1/cases", data=body, headers=headers) as r:
-                await r.read()
-                if r.status != 201:
-                    raise RuntimeError(f"the case API answered {r.status}")
-            answered.append(time.perf_counter() - sent)
-
-        started = time.perf_counter()
-        tasks = []
-        for i in range(count):
-            delay = started + i / rate - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one()))
-        await asyncio.gather(*tasks)
-    return answered
+        return await post_open_loop(session, f"{api}/api/v1/cases", token, body, count, rate)
 
 
 def _percentile(values: list[float], q: float) -> float:

@@ -44,15 +44,12 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from node.api.app import create_case_api
-from node.audit import AuditTrail
-from node.cases.service import CaseService
+from bench_federation import api_headers, post_open_loop
 from node.config import load_config
 from node.localnet import LocalFederation
 from node.secrets_source import OperatorSecret
 from node.service import Node
-from node.serving import serve
-from node.users import UserStore
+from node.serving import case_api, serve
 
 SENDER, RECEIVER = "stockholm", "goteborg"
 UNITS = {"stockholm": "jarva", "goteborg": "hisingen"}
@@ -82,34 +79,15 @@ def _body(today: datetime.date) -> bytes:
 
 def _case_api(node: Node) -> web.Application:
     """The case API as ``node.serving`` builds it, with no sender loop to wake."""
-    audit = AuditTrail(node.db, node.clock)
-    service = CaseService(
-        city=node.config.city,
-        db=node.db,
-        cases=node.cases,
-        journal=node.journal,
-        outgoing=node.outgoing(lambda _peer: None),
-        audit=audit,
-        trust=node.trust,
-        clock=node.clock,
-        documents=node.documents,
-    )
-    api = create_case_api(
-        service,
-        UserStore(node.db, node.clock, audit=audit),
-        city=node.config.city,
-        max_body_bytes=node.config.limits.max_api_request_bytes,
-        clock=node.clock,
-    )
     app = web.Application()
-    app.add_subapp(API + "/", api)
+    app.add_subapp(API + "/", case_api(node, lambda _peer: None))
     return app
 
 
 async def _post_many(
     session: aiohttp.ClientSession, url: str, token: str, body: bytes, count: int, concurrency: int
 ) -> list[float]:
-    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    headers = api_headers(token)
     latencies: list[float] = []
     left = iter(range(count))
 
@@ -123,32 +101,6 @@ async def _post_many(
             latencies.append(time.perf_counter() - sent)
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return latencies
-
-
-async def _post_open_loop(
-    session: aiohttp.ClientSession, url: str, token: str, body: bytes, count: int, rate: float
-) -> list[float]:
-    """``count`` requests, one every ``1/rate`` s whatever the answers (the benchmark's way)."""
-    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
-    latencies: list[float] = []
-
-    async def one() -> None:
-        sent = time.perf_counter()
-        async with session.post(url, data=body, headers=headers) as r:
-            await r.read()
-            if r.status != 201:
-                raise RuntimeError(f"the case API answered {r.status}")
-        latencies.append(time.perf_counter() - sent)
-
-    started = time.perf_counter()
-    tasks = []
-    for i in range(count):
-        delay = started + i / rate - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(one()))
-    await asyncio.gather(*tasks)
     return latencies
 
 
@@ -174,12 +126,12 @@ async def _measure_serving(
                     break
                 except aiohttp.ClientError:
                     await asyncio.sleep(0.1)
-            await _post_open_loop(session, url, token, body, args.warmup, args.rate)
+            await post_open_loop(session, url, token, body, args.warmup, args.rate)
             profiler = cProfile.Profile(time.thread_time) if args.profile else None
             cpu0, wall0 = time.process_time(), time.perf_counter()
             if profiler is not None:
                 profiler.enable()
-            latencies = await _post_open_loop(session, url, token, body, args.requests, args.rate)
+            latencies = await post_open_loop(session, url, token, body, args.requests, args.rate)
             if profiler is not None:
                 profiler.disable()
             cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0

@@ -153,15 +153,16 @@ def _document_fetcher(node: Node, client: FederationClient) -> DocumentFetcher:
     )
 
 
-def _case_api(node: Node, dispatcher: OutboxDispatcher) -> web.Application:
-    """The case API over this node: its users' tokens, its audit trail, its sender."""
+def case_api(node: Node, wake: Callable[[str], None]) -> web.Application:
+    """The case API over this node: its users' tokens, its audit trail; ``wake`` wakes the
+    sender loop of a peer a message was queued for (the dispatcher's ``notify``)."""
     audit = AuditTrail(node.db, node.clock)
     service = CaseService(
         city=node.config.city,
         db=node.db,
         cases=node.cases,
         journal=node.journal,
-        outgoing=node.outgoing(dispatcher.notify),
+        outgoing=node.outgoing(wake),
         audit=audit,
         trust=node.trust,
         clock=node.clock,
@@ -260,7 +261,7 @@ async def serve(node: Node, stop: asyncio.Event, *, balance_every_s: float = BAL
     runners = [
         web.AppRunner(federation, access_log=None),
         web.AppRunner(
-            _operator_app(node, dispatcher, _case_api(node, dispatcher)), access_log=None
+            _operator_app(node, dispatcher, case_api(node, dispatcher.notify)), access_log=None
         ),
     ]
     for runner in runners:
