@@ -129,7 +129,7 @@ QUICK = Sizes(messages=2_000, latency_s=4.0, backlog=1_000, outage_s=6.0)
 # --- the messages ------------------------------------------------------------------------------
 
 
-def _summary(today: datetime.date) -> str:
+def inquiry_summary(today: datetime.date) -> str:
     """An anonymous summary that makes the inquiry's encoded body :data:`BODY_BYTES` long."""
     probe = _inquiry(bytes(16), "", today)
     room = BODY_BYTES - len(codec.encode(probe)) - 3  # a str of 256..65535 bytes: 3-byte header
@@ -154,7 +154,8 @@ def _inquiry(case_id: bytes, summary: str, today: datetime.date) -> Inquiry:
     )
 
 
-def _api_body(summary: str, today: datetime.date) -> bytes:
+def api_body(summary: str, today: datetime.date) -> bytes:
+    """The case API's JSON body of an inquiry with ``summary`` to the receiver's unit."""
     return json.dumps(
         {
             "to_city": RECEIVER,
@@ -558,8 +559,8 @@ async def run(args: argparse.Namespace) -> dict:
     sizes = QUICK if args.quick else FULL
     messages = args.messages or sizes.messages
     today = datetime.datetime.now(datetime.UTC).date()
-    summary = _summary(today)
-    body = _api_body(summary, today)
+    summary = inquiry_summary(today)
+    body = api_body(summary, today)
     limits = {"max_queue_length": max(10_000, 2 * messages)}
     pg_url = args.pg_url or os.environ.get(PG_URL_ENV)
     if args.database == "postgresql" and not pg_url:

@@ -44,7 +44,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from bench_federation import api_headers, post_open_loop
+from bench_federation import api_body, api_headers, inquiry_summary, post_open_loop
 from node.config import load_config
 from node.localnet import LocalFederation
 from node.secrets_source import OperatorSecret
@@ -55,26 +55,11 @@ SENDER, RECEIVER = "stockholm", "goteborg"
 UNITS = {"stockholm": "jarva", "goteborg": "hisingen"}
 PG_URL_ENV = "CITYNODE_TEST_PG_URL"
 API = "/api/v1"
-_WORDS = (
-    "Behöver boende i annan kommun och stöd i öppenvård, kontakt med arbetsförmedlingen, "
-    "samtalsstöd varannan vecka och hjälp med skuld och ekonomi (fiktivt testärende). "
-)
 
 
 def _body(today: datetime.date) -> bytes:
-    summary = (_WORDS * 20)[:1900]
-    return json.dumps(
-        {
-            "to_city": RECEIVER,
-            "to_unit": UNITS[RECEIVER],
-            "threat_level": "moderate",
-            "police_consulted_on": (today - datetime.timedelta(days=7)).isoformat(),
-            "consent": True,
-            "needs": ["housing", "treatment", "employment"],
-            "summary": summary,
-            "wished_start": (today + datetime.timedelta(days=30)).isoformat(),
-        }
-    ).encode()
+    """The benchmark's inquiry: a 2 KiB encoded body (``bench_federation``)."""
+    return api_body(inquiry_summary(today), today)
 
 
 def _case_api(node: Node) -> web.Application:

@@ -282,15 +282,10 @@ async def check_postgres_empty(url: str) -> None:
         RestoreDatabaseNotEmpty: it holds some.
         StorageError: it cannot be reached.
     """
-    db = await Database.connect(url)
-    try:
-        async with db.reading() as session:
-            relations = await session.scalar(text(_USER_RELATIONS_SQL))
-    finally:
-        await db.close()
+    relations, redacted = await _count(url, _USER_RELATIONS_SQL)
     if relations:
         raise RestoreDatabaseNotEmpty(
-            f"database {db.redacted_url} holds {relations} table(s) or other relation(s): "
+            f"database {redacted} holds {relations} table(s) or other relation(s): "
             "restore into an empty database (create a new one)"
         )
 
@@ -341,13 +336,22 @@ async def check_postgres_holds_no_code(url: str) -> None:
         BackupTampered: it holds some (drop the database and create it anew).
         StorageError: it cannot be reached.
     """
+    found, redacted = await _count(url, _POSTGRES_CODE_SQL)
+    if found:
+        raise BackupTampered(
+            f"{_PLANTED}; database {redacted} now holds it: drop it and create it anew"
+        )
+
+
+async def _count(url: str, sql: str) -> tuple[int, str]:
+    """Run one counting query on the database at ``url``; the count and the URL as shown.
+
+    Raises:
+        StorageError: it cannot be reached.
+    """
     db = await Database.connect(url)
     try:
         async with db.reading() as session:
-            found = await session.scalar(text(_POSTGRES_CODE_SQL))
+            return int(await session.scalar(text(sql)) or 0), db.redacted_url
     finally:
         await db.close()
-    if found:
-        raise BackupTampered(
-            f"{_PLANTED}; database {db.redacted_url} now holds it: drop it and create it anew"
-        )
