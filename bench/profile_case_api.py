@@ -38,6 +38,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +90,22 @@ async def _post_many(
     return latencies
 
 
+async def _timed(
+    profile: bool, work: Awaitable[list[float]]
+) -> tuple[list[float], float, float, cProfile.Profile | None]:
+    """Run ``work``: its latencies, the process's CPU and wall seconds it took, and (with
+    ``profile``) a cProfile of the event loop's thread (its own CPU time: the database thread's
+    work is not in it)."""
+    profiler = cProfile.Profile(time.thread_time) if profile else None
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    if profiler is not None:
+        profiler.enable()
+    latencies = await work
+    if profiler is not None:
+        profiler.disable()
+    return latencies, time.process_time() - cpu0, time.perf_counter() - wall0, profiler
+
+
 async def _measure_serving(
     federation: LocalFederation, token: str, args: argparse.Namespace
 ) -> dict[str, Any]:
@@ -112,14 +129,9 @@ async def _measure_serving(
                 except aiohttp.ClientError:
                     await asyncio.sleep(0.1)
             await post_open_loop(session, url, token, body, args.warmup, args.rate)
-            profiler = cProfile.Profile(time.thread_time) if args.profile else None
-            cpu0, wall0 = time.process_time(), time.perf_counter()
-            if profiler is not None:
-                profiler.enable()
-            latencies = await post_open_loop(session, url, token, body, args.requests, args.rate)
-            if profiler is not None:
-                profiler.disable()
-            cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+            latencies, cpu, wall, profiler = await _timed(
+                args.profile, post_open_loop(session, url, token, body, args.requests, args.rate)
+            )
     finally:
         stop.set()
         await asyncio.gather(serving, return_exceptions=True)
@@ -159,15 +171,10 @@ async def _measure(
         connector = aiohttp.TCPConnector(limit=max(64, args.concurrency))
         async with aiohttp.ClientSession(connector=connector) as session:
             await _post_many(session, url, token, body, args.warmup, args.concurrency)
-            # The event loop's thread's own CPU time (the database thread's work is not in it).
-            profiler = cProfile.Profile(time.thread_time) if args.profile else None
-            cpu0, wall0 = time.process_time(), time.perf_counter()
-            if profiler is not None:
-                profiler.enable()
-            latencies = await _post_many(session, url, token, body, args.requests, args.concurrency)
-            if profiler is not None:
-                profiler.disable()
-            cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+            latencies, cpu, wall, profiler = await _timed(
+                args.profile,
+                _post_many(session, url, token, body, args.requests, args.concurrency),
+            )
     finally:
         await runner.cleanup()
         await node.close()
